@@ -1,0 +1,1 @@
+"""nightrec package."""

@@ -1,0 +1,166 @@
+"""The run configuration: one TOML file declares the data locations, the tasks and the knobs.
+
+Tasks live in configuration, not code, so a team can add a label (say `purchase`) without touching
+the model. Every name that later becomes a SQL identifier or a Parquet column is checked here, once,
+against a strict pattern: the warehouse code can then quote it without building SQL from unchecked text.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+def check_identifier(name: str) -> str:
+    """Reject names that could not be used verbatim as a column name."""
+    if not IDENTIFIER.fullmatch(name):
+        raise ValueError(f"{name!r} must match {IDENTIFIER.pattern} (lower case letters, digits, underscores)")
+    return name
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo in a config must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    landing: str = Field(description="Landing zone (local path or any URI Spark reads) with events/, items/, users/.")
+    workdir: str = Field(description="Per-run directories (features, model, data docs) are created under it.")
+    warehouse: str = Field(description="DuckDB file path where recommendations are published.")
+
+
+class SparkConfig(Strict):
+    master: str = Field("local[*]", description="Any Spark master URL.")
+    driver_memory: str = "4g"
+    shuffle_partitions: int = Field(4, ge=1)
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings, passed verbatim.")
+
+
+class LabelRule(Strict):
+    """Which events of a (user, item, day) make the label: the event types, optionally a value range."""
+
+    event_types: list[str] = Field(min_length=1)
+    min_value: float | None = None
+    max_value: float | None = None
+
+
+class TaskConfig(Strict):
+    name: str
+    type: Literal["binary", "regression"] = "binary"
+    label: LabelRule
+    weight: float = Field(1.0, ge=0.0)
+    parent: str | None = Field(
+        None, description="ESMM: p(parent and this) = p(parent) x p(this | parent); loss on the joint."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, v: str) -> str:
+        return check_identifier(v)
+
+
+class FeaturesConfig(Strict):
+    lookback_days: int = Field(90, ge=1, description="Events older than run_date - lookback_days are ignored.")
+    windows: list[int] = Field(default_factory=lambda: [1, 7, 30], description="Activity/popularity windows, days.")
+    history_length: int = Field(20, ge=1, description="Recent items kept per user (strictly before the day).")
+    exposure_event_types: list[str] = Field(
+        min_length=1, description="Events that make a (user, item, day) a training example."
+    )
+    negatives_per_positive: int = Field(
+        0, ge=0, description="Sampled items the user had not interacted with as of that day, per exposure."
+    )
+    seen_event_types: list[str] = Field(
+        min_length=1, description="Items a user had these events with are never recommended to that user again."
+    )
+
+
+class ValidationConfig(Strict):
+    event_types: list[str] = Field(min_length=1, description="The known event types; others fail validation.")
+    value_ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="Allowed [min, max] of `value` per event type."
+    )
+    label_rate_bounds: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="Allowed [min, max] positive rate per binary task in the examples."
+    )
+    min_examples: int = Field(100, ge=1)
+
+
+class ModelConfig(Strict):
+    architecture: Literal["mmoe"] = "mmoe"
+    embedding_dim: int = Field(16, ge=2)
+    num_experts: int = Field(4, ge=1)
+    expert_hidden: list[int] = Field(default_factory=lambda: [64, 32])
+    tower_hidden: list[int] = Field(default_factory=lambda: [16])
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(2048, ge=1)
+    learning_rate: float = Field(2e-3, gt=0.0)
+    weight_decay: float = Field(1e-5, ge=0.0)
+    patience: int = Field(2, ge=0, description="Epochs without validation improvement before stopping.")
+    validation_days: int = Field(3, ge=1, description="The last days before the run date form the validation slice.")
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ScoringConfig(Strict):
+    top_k: int = Field(50, ge=1)
+    blend: str | None = Field(
+        None,
+        description="Arithmetic over task names, e.g. 'click * purchase ** 0.5'. Default: product of the "
+        "binary task probabilities.",
+    )
+    user_batch_size: int = Field(256, ge=1)
+
+
+class Config(Strict):
+    data: DataConfig
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    features: FeaturesConfig
+    validation: ValidationConfig
+    tasks: list[TaskConfig] = Field(min_length=1)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+
+    @model_validator(mode="after")
+    def _tasks_consistent(self) -> Config:
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique: {names}")
+        for t in self.tasks:
+            if t.parent is not None:
+                parent = next((p for p in self.tasks if p.name == t.parent), None)
+                if parent is None:
+                    raise ValueError(f"task {t.name!r}: parent {t.parent!r} is not a task")
+                if parent.type != "binary" or t.type != "binary":
+                    raise ValueError(f"task {t.name!r}: ESMM parent and child must both be binary")
+                if names.index(t.parent) > names.index(t.name):
+                    raise ValueError(f"task {t.name!r}: its parent must be declared before it")
+        unknown = {e for t in self.tasks for e in t.label.event_types} | set(self.features.exposure_event_types) | set(self.features.seen_event_types)
+        missing = unknown - set(self.validation.event_types)
+        if missing:
+            raise ValueError(f"event types used but not declared in validation.event_types: {sorted(missing)}")
+        return self
+
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+
+def load_config(path: str | Path, **overrides: str | None) -> Config:
+    """Read a TOML config; `landing`, `workdir` and `warehouse` overrides replace the [data] entries.
+
+    Relative paths stay relative to the current directory, as with any command line tool.
+    """
+    path = Path(path)
+    raw = tomllib.loads(path.read_text())
+    data = raw.setdefault("data", {})
+    for key, value in overrides.items():
+        if value is not None:
+            data[key] = value
+    return Config.model_validate(raw)

@@ -1,0 +1,52 @@
+"""Names shared by the feature job (jobs/) and the model (model/): the contract of the run directory.
+
+The feature job writes, under `<run_dir>/features/`:
+
+- `examples/`: one row per (user, item, day) training example, with
+  `user_id`, `item_id` (string), `day` (date), one `label_<task>` (double; binary 0/1, regression value or
+  null where the example has no such event), and the user and item features below, all computed from
+  events strictly before `day`.
+- `users/`: one row per user known at the run date: `user_id` plus the user features as of the run date.
+- `items/`: one row per item available at the run date: `item_id`, `title` plus the item features.
+- `seen/`: (`user_id`, `item_id`) pairs the user interacted with before the run date (never recommended).
+
+Feature columns follow a naming convention so that the model needs no list of them:
+- `u_*` numeric: user dense features (activity counts over windows);
+- `i_*` numeric: item dense features (popularity over windows, age in days);
+- `u_hist`: array<string>, the user's most recent items, oldest first, newest last;
+- `i_categories`: array<string>, the item's categories.
+"""
+
+EXAMPLES = "examples"
+USERS = "users"
+ITEMS = "items"
+SEEN = "seen"
+
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+DAY = "day"
+HISTORY = "u_hist"
+CATEGORIES = "i_categories"
+TITLE = "title"
+ITEM_AGE = "i_age_days"
+
+LABEL_PREFIX = "label_"
+USER_PREFIX = "u_"
+ITEM_PREFIX = "i_"
+
+
+def label_column(task: str) -> str:
+    return f"{LABEL_PREFIX}{task}"
+
+
+def user_count_column(window_days: int) -> str:
+    return f"u_cnt_{window_days}d"
+
+
+def item_pop_column(window_days: int) -> str:
+    return f"i_pop_{window_days}d"
+
+
+def probability_column(task: str) -> str:
+    """Column of the published table holding the task's predicted probability (or value)."""
+    return f"p_{task}"

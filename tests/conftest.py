@@ -1,0 +1,42 @@
+"""Shared fixtures: one real local Spark session and one throwaway Prefect API for the whole run."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before prefect is imported anywhere: keep its state, telemetry and noise out of the developer's home.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="nightrec-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.pop("PREFECT_API_URL", None)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from jobs.spark import get_spark
+    from nightrec.config import SparkConfig
+
+    session = get_spark(SparkConfig(master="local[2]", driver_memory="2g", shuffle_partitions=2))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_backend():
+    """A real (SQLite-backed) Prefect API, started once; only tests that run flows ask for it."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        with prefect_test_harness(server_startup_timeout=90):
+            yield
