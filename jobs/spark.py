@@ -58,7 +58,9 @@ def get_spark(cfg: SparkConfig | None = None, app_name: str = "nightrec"):
         .config("spark.driver.extraJavaOptions", f"-Dlog4j.configurationFile=file:{log4j}")
     )
     if local:
-        builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+        builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config(
+            "spark.driver.host", "127.0.0.1"
+        )
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

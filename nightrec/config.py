@@ -20,7 +20,9 @@ IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 def check_identifier(name: str) -> str:
     """Reject names that could not be used verbatim as a column name."""
     if not IDENTIFIER.fullmatch(name):
-        raise ValueError(f"{name!r} must match {IDENTIFIER.pattern} (lower case letters, digits, underscores)")
+        raise ValueError(
+            f"{name!r} must match {IDENTIFIER.pattern} (lower case letters, digits, underscores)"
+        )
     return name
 
 
@@ -31,7 +33,9 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    landing: str = Field(description="Landing zone (local path or any URI Spark reads) with events/, items/, users/.")
+    landing: str = Field(
+        description="Landing zone (local path or any URI Spark reads) with events/, items/, users/."
+    )
     workdir: str = Field(description="Per-run directories (features, model, data docs) are created under it.")
     warehouse: str = Field(description="DuckDB file path where recommendations are published.")
 
@@ -67,8 +71,12 @@ class TaskConfig(Strict):
 
 
 class FeaturesConfig(Strict):
-    lookback_days: int = Field(90, ge=1, description="Events older than run_date - lookback_days are ignored.")
-    windows: list[int] = Field(default_factory=lambda: [1, 7, 30], description="Activity/popularity windows, days.")
+    lookback_days: int = Field(
+        90, ge=1, description="Events older than run_date - lookback_days are ignored."
+    )
+    windows: list[int] = Field(
+        default_factory=lambda: [1, 7, 30], description="Activity/popularity windows, days."
+    )
     history_length: int = Field(20, ge=1, description="Recent items kept per user (strictly before the day).")
     exposure_event_types: list[str] = Field(
         min_length=1, description="Events that make a (user, item, day) a training example."
@@ -77,7 +85,8 @@ class FeaturesConfig(Strict):
         0, ge=0, description="Sampled items the user had not interacted with as of that day, per exposure."
     )
     seen_event_types: list[str] = Field(
-        min_length=1, description="Items a user had these events with are never recommended to that user again."
+        min_length=1,
+        description="Items a user had these events with are never recommended to that user again.",
     )
 
 
@@ -104,7 +113,9 @@ class ModelConfig(Strict):
     learning_rate: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(1e-5, ge=0.0)
     patience: int = Field(2, ge=0, description="Epochs without validation improvement before stopping.")
-    validation_days: int = Field(3, ge=1, description="The last days before the run date form the validation slice.")
+    validation_days: int = Field(
+        3, ge=1, description="The last days before the run date form the validation slice."
+    )
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -142,10 +153,16 @@ class Config(Strict):
                     raise ValueError(f"task {t.name!r}: ESMM parent and child must both be binary")
                 if names.index(t.parent) > names.index(t.name):
                     raise ValueError(f"task {t.name!r}: its parent must be declared before it")
-        unknown = {e for t in self.tasks for e in t.label.event_types} | set(self.features.exposure_event_types) | set(self.features.seen_event_types)
+        unknown = (
+            {e for t in self.tasks for e in t.label.event_types}
+            | set(self.features.exposure_event_types)
+            | set(self.features.seen_event_types)
+        )
         missing = unknown - set(self.validation.event_types)
         if missing:
-            raise ValueError(f"event types used but not declared in validation.event_types: {sorted(missing)}")
+            raise ValueError(
+                f"event types used but not declared in validation.event_types: {sorted(missing)}"
+            )
         return self
 
     def task_names(self) -> list[str]:

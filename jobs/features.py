@@ -1,0 +1,260 @@
+"""Point-in-time features and multi-task labels, as pure functions from DataFrames to DataFrames.
+
+The rule that every function here keeps: a feature of a (user or item, day) row uses only events strictly
+before that day. Labels of a (user, item, day) example come from the events of that same day. Together with
+reading only events before the run date, no event of the future can reach a feature or a label.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from datetime import date
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from nightrec import schema as S
+from nightrec.config import Config, LabelRule, TaskConfig
+
+
+def with_day(events: DataFrame) -> DataFrame:
+    """Add `day`, the UTC calendar day of `ts` (the Spark session runs in UTC)."""
+    return events.withColumn(S.DAY, F.to_date("ts"))
+
+
+def _day_num(col: str = S.DAY) -> Column:
+    """Days since 1970-01-01: an integer to order range windows by."""
+    return F.unix_date(F.col(col))
+
+
+def _matches(rule: LabelRule) -> Column:
+    cond = F.col("event_type").isin(rule.event_types)
+    if rule.min_value is not None:
+        cond = cond & (F.col("value") >= rule.min_value)
+    if rule.max_value is not None:
+        cond = cond & (F.col("value") <= rule.max_value)
+    return F.coalesce(cond, F.lit(False))
+
+
+def _label(task: TaskConfig) -> Column:
+    match = _matches(task.label)
+    if task.type == "binary":
+        return F.max(F.when(match, 1.0).otherwise(0.0)).alias(S.label_column(task.name))
+    return F.max(F.when(match, F.col("value"))).cast("double").alias(S.label_column(task.name))
+
+
+def exposures(events: DataFrame, exposure_types: Sequence[str], tasks: Sequence[TaskConfig]) -> DataFrame:
+    """One row per (user, item, day) with an exposure event, labelled for every task by that day's events."""
+    exposed = F.max(F.col("event_type").isin(list(exposure_types)).cast("int")).alias("_exposed")
+    grouped = events.groupBy(S.USER_ID, S.ITEM_ID, S.DAY).agg(exposed, *[_label(t) for t in tasks])
+    return grouped.where("_exposed = 1").drop("_exposed")
+
+
+def available_items(items: DataFrame) -> DataFrame:
+    """(item_id, avail_day): an item can be shown from the day after the day it was created."""
+    return items.select(S.ITEM_ID, F.date_add(F.to_date("created_at"), 1).alias("avail_day"))
+
+
+def sample_negatives(
+    positives: DataFrame,
+    events: DataFrame,
+    items: DataFrame,
+    per_positive: int,
+    seed: int,
+    tasks: Sequence[TaskConfig],
+) -> DataFrame:
+    """Items the user had not interacted with as of the example's day, `per_positive` draws per exposure.
+
+    Draws are uniform over the items available that day and reproducible: a hash of (user, day, draw, seed)
+    picks the item, so the result does not depend on Spark's partitioning. Collisions with items the user
+    has touched on or before that day are dropped rather than redrawn (a slightly smaller sample, no bias
+    towards popular items).
+    """
+    if per_positive == 0:
+        return positives.limit(0)
+    avail = available_items(items)
+    ordered = avail.withColumn("_idx", F.row_number().over(Window.orderBy("avail_day", S.ITEM_ID)) - 1)
+    per_day = sorted(
+        (r["avail_day"], r["n"]) for r in avail.groupBy("avail_day").agg(F.count("*").alias("n")).collect()
+    )
+    cum_days, running, cumulative = [d for d, _ in per_day], 0, []
+    for _, n in per_day:
+        running += n
+        cumulative.append(running)
+    spark = positives.sparkSession
+    example_days = [r[S.DAY] for r in positives.select(S.DAY).distinct().collect()]
+    counts = [(d, cumulative[i - 1]) for d in example_days if (i := bisect.bisect_right(cum_days, d)) > 0]
+    if not counts:
+        return positives.limit(0)
+    day_counts = spark.createDataFrame(counts, f"{S.DAY} date, _n_avail long")
+
+    draws = (
+        positives.groupBy(S.USER_ID, S.DAY)
+        .agg(F.count("*").alias("_k"))
+        .join(F.broadcast(day_counts), S.DAY)
+        .withColumn("_j", F.explode(F.sequence(F.lit(1), F.col("_k") * per_positive)))
+        .withColumn("_idx", F.pmod(F.xxhash64(S.USER_ID, S.DAY, "_j", F.lit(seed)), F.col("_n_avail")))
+        .join(ordered.select("_idx", S.ITEM_ID), "_idx")
+        .select(S.USER_ID, S.ITEM_ID, S.DAY)
+        .dropDuplicates()
+    )
+    touched = events.groupBy(S.USER_ID, S.ITEM_ID).agg(F.min(S.DAY).alias("_first_day"))
+    negatives = (
+        draws.join(touched, [S.USER_ID, S.ITEM_ID], "left")
+        .where(F.col("_first_day").isNull() | (F.col("_first_day") > F.col(S.DAY)))
+        .drop("_first_day")
+    )
+    labels = [
+        F.lit(0.0 if t.type == "binary" else None).cast("double").alias(S.label_column(t.name)) for t in tasks
+    ]
+    return negatives.select(S.USER_ID, S.ITEM_ID, S.DAY, *labels)
+
+
+def _windowed_counts(
+    daily: DataFrame, keys: DataFrame, key: str, windows: Sequence[int], name: callable
+) -> DataFrame:
+    """For each (key, day) in `keys`: sums of the daily counts over the `w` days strictly before `day`.
+
+    The keys are unioned into the daily counts with zero counts, so that one range window per key computes
+    every requested day, including days without any event.
+    """
+    stacked = (
+        daily.unionByName(keys.select(key, S.DAY).distinct().withColumn("n", F.lit(0).cast("long")))
+        .groupBy(key, S.DAY)
+        .agg(F.sum("n").alias("n"))
+        .withColumn("_d", _day_num())
+    )
+    by_day = Window.partitionBy(key).orderBy("_d")
+    cols = [
+        F.coalesce(F.sum("n").over(by_day.rangeBetween(-w, -1)), F.lit(0)).cast("double").alias(name(w))
+        for w in windows
+    ]
+    return keys.select(key, S.DAY).distinct().join(stacked.select(key, S.DAY, *cols), [key, S.DAY])
+
+
+def user_activity(events: DataFrame, keys: DataFrame, windows: Sequence[int]) -> DataFrame:
+    """u_cnt_<w>d: the user's events of any type in the w days before each key day."""
+    daily = events.groupBy(S.USER_ID, S.DAY).agg(F.count("*").alias("n"))
+    return _windowed_counts(daily, keys, S.USER_ID, windows, S.user_count_column)
+
+
+def user_history(events: DataFrame, keys: DataFrame, seen_types: Sequence[str], length: int) -> DataFrame:
+    """u_hist: the user's last `length` items (of the seen event types) before each key day, newest last.
+
+    An as-of join: after each day with events, the history up to and including that day is known; a key
+    row takes the last such history from a strictly earlier day. Ordering key rows before event rows of the
+    same day is what makes "strictly earlier" hold.
+    """
+    per_day = (
+        events.where(F.col("event_type").isin(list(seen_types)))
+        .groupBy(S.USER_ID, S.DAY)
+        .agg(F.sort_array(F.collect_list(F.struct("ts", S.ITEM_ID))).alias("_evs"))
+        .withColumn("_items", F.transform("_evs", lambda e: e[S.ITEM_ID]))
+        .withColumn("_items", F.slice("_items", F.greatest(F.size("_items") - length + 1, F.lit(1)), length))
+        .withColumn("_d", _day_num())
+    )
+    upto = Window.partitionBy(S.USER_ID).orderBy("_d").rowsBetween(-length + 1, 0)
+    cumulative = per_day.select(
+        S.USER_ID,
+        S.DAY,
+        "_d",
+        F.lit(1).alias("_is_event"),
+        F.flatten(F.collect_list("_items").over(upto)).alias("_hist"),
+    )
+    key_rows = (
+        keys.select(S.USER_ID, S.DAY)
+        .distinct()
+        .select(
+            S.USER_ID,
+            S.DAY,
+            _day_num().alias("_d"),
+            F.lit(0).alias("_is_event"),
+            F.lit(None).cast("array<string>").alias("_hist"),
+        )
+    )
+    before = (
+        Window.partitionBy(S.USER_ID).orderBy("_d", "_is_event").rowsBetween(Window.unboundedPreceding, -1)
+    )
+    asof = F.last("_hist", ignorenulls=True).over(before)
+    last_n = F.coalesce(
+        F.slice(F.col("_prev"), F.greatest(F.size("_prev") - length + 1, F.lit(1)), length),
+        F.array().cast("array<string>"),
+    )
+    return (
+        cumulative.unionByName(key_rows)
+        .withColumn("_prev", asof)
+        .where("_is_event = 0")
+        .select(S.USER_ID, S.DAY, last_n.alias(S.HISTORY))
+    )
+
+
+def item_features(
+    events: DataFrame, items: DataFrame, keys: DataFrame, seen_types: Sequence[str], windows: Sequence[int]
+) -> DataFrame:
+    """i_pop_<w>d (engagement events in the w days before), i_age_days, i_categories per (item, day)."""
+    daily = (
+        events.where(F.col("event_type").isin(list(seen_types)))
+        .groupBy(S.ITEM_ID, S.DAY)
+        .agg(F.count("*").alias("n"))
+    )
+    pop = _windowed_counts(daily, keys, S.ITEM_ID, windows, S.item_pop_column)
+    meta = items.select(
+        S.ITEM_ID,
+        F.to_date("created_at").alias("_created"),
+        F.coalesce(F.col("categories"), F.array().cast("array<string>")).alias(S.CATEGORIES),
+    )
+    return pop.join(meta, S.ITEM_ID, "left").select(
+        S.ITEM_ID,
+        S.DAY,
+        *[S.item_pop_column(w) for w in windows],
+        F.greatest(F.coalesce(F.datediff(S.DAY, "_created"), F.lit(0)), F.lit(0))
+        .cast("double")
+        .alias(S.ITEM_AGE),
+        F.coalesce(F.col(S.CATEGORIES), F.array().cast("array<string>")).alias(S.CATEGORIES),
+    )
+
+
+def user_features(events: DataFrame, keys: DataFrame, cfg: Config) -> DataFrame:
+    f = cfg.features
+    activity = user_activity(events, keys, f.windows)
+    history = user_history(events, keys, f.seen_event_types, f.history_length)
+    return activity.join(history, [S.USER_ID, S.DAY])
+
+
+def training_examples(events: DataFrame, items: DataFrame, cfg: Config) -> DataFrame:
+    """Labelled examples with their point-in-time user and item features."""
+    tasks = cfg.tasks
+    positives = exposures(events, cfg.features.exposure_event_types, tasks)
+    negatives = sample_negatives(
+        positives, events, items, cfg.features.negatives_per_positive, cfg.model.seed, tasks
+    )
+    labelled = positives.unionByName(negatives)
+    users = user_features(events, labelled, cfg)
+    item_feats = item_features(events, items, labelled, cfg.features.seen_event_types, cfg.features.windows)
+    return labelled.join(users, [S.USER_ID, S.DAY]).join(item_feats, [S.ITEM_ID, S.DAY])
+
+
+def scoring_inputs(
+    events: DataFrame, items: DataFrame, cfg: Config, run_date: date
+) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """The users, items and already-seen pairs as of the run date, for scoring.
+
+    Users: everyone with an event in the window. Items: everything created before the run date.
+    """
+    at = F.lit(run_date).cast("date").alias(S.DAY)
+    user_keys = events.select(S.USER_ID).distinct().select(S.USER_ID, at)
+    catalogue = items.where(F.col("created_at") < F.lit(run_date).cast("timestamp"))
+    item_keys = catalogue.select(S.ITEM_ID).distinct().select(S.ITEM_ID, at)
+    users = user_features(events, user_keys, cfg).drop(S.DAY)
+    item_feats = (
+        item_features(events, catalogue, item_keys, cfg.features.seen_event_types, cfg.features.windows)
+        .join(catalogue.select(S.ITEM_ID, S.TITLE), S.ITEM_ID)
+        .drop(S.DAY)
+    )
+    seen = (
+        events.where(F.col("event_type").isin(list(cfg.features.seen_event_types)))
+        .select(S.USER_ID, S.ITEM_ID)
+        .distinct()
+    )
+    return users, item_feats, seen

@@ -1,0 +1,192 @@
+"""The Spark feature transformations on tiny frames: exact values, and no future event in any feature or label."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+
+from jobs import features
+from nightrec import schema as S
+from nightrec.config import Config
+
+EVENT_SCHEMA = (
+    "event_id string, user_id string, item_id string, event_type string, value double, ts timestamp"
+)
+ITEM_SCHEMA = "item_id string, title string, categories array<string>, created_at timestamp"
+
+
+def cfg(negatives: int = 0) -> Config:
+    return Config.model_validate(
+        {
+            "data": {"landing": "x", "workdir": "x", "warehouse": "x"},
+            "features": {
+                "windows": [1, 7],
+                "history_length": 3,
+                "exposure_event_types": ["impression"],
+                "negatives_per_positive": negatives,
+                "seen_event_types": ["click", "purchase"],
+            },
+            "validation": {"event_types": ["impression", "click", "purchase"]},
+            "tasks": [
+                {"name": "click", "label": {"event_types": ["click"]}},
+                {
+                    "name": "purchase",
+                    "label": {"event_types": ["purchase"], "min_value": 10.0},
+                    "parent": "click",
+                },
+                {"name": "spend", "type": "regression", "label": {"event_types": ["purchase"]}},
+            ],
+        }
+    )
+
+
+def ts(day: int, hour: int = 12) -> datetime:
+    return datetime(2026, 10, day, hour, tzinfo=UTC)
+
+
+def frame(spark, rows):
+    events = spark.createDataFrame(
+        [(f"e{n}", u, i, t, v, stamp) for n, (u, i, t, v, stamp) in enumerate(rows)], EVENT_SCHEMA
+    )
+    return features.with_day(events)
+
+
+@pytest.fixture(scope="module")
+def items(spark):
+    rows = [
+        ("i1", "one", ["a"], ts(1, 0)),
+        ("i2", "two", ["b", "c"], ts(1, 0)),
+        ("i3", "three", None, ts(3, 0)),
+        ("i4", "four", ["a"], ts(1, 0)),
+        ("i9", "future", ["z"], ts(20, 0)),
+    ]
+    return spark.createDataFrame(rows, ITEM_SCHEMA)
+
+
+BASE = [
+    ("u1", "i1", "impression", None, ts(2, 9)),
+    ("u1", "i1", "click", None, ts(2, 10)),
+    ("u1", "i2", "impression", None, ts(2, 11)),
+    ("u1", "i2", "click", None, ts(3, 8)),  # a click on another day does not label day 2
+    ("u1", "i2", "purchase", 5.0, ts(3, 9)),
+    ("u1", "i3", "impression", None, ts(4, 9)),
+    ("u1", "i3", "click", None, ts(4, 10)),
+    ("u1", "i3", "purchase", 25.0, ts(4, 11)),
+    ("u2", "i1", "impression", None, ts(4, 9)),
+    ("u2", "i1", "click", None, ts(4, 9)),
+]
+
+
+def as_dict(df, *keys):
+    return {tuple(r[k] for k in keys): r.asDict() for r in df.collect()}
+
+
+def test_labels_come_from_the_examples_own_day(spark):
+    ex = as_dict(
+        features.exposures(frame(spark, BASE), ["impression"], cfg().tasks), "user_id", "item_id", "day"
+    )
+    assert set(ex) == {
+        ("u1", "i1", date(2026, 10, 2)),
+        ("u1", "i2", date(2026, 10, 2)),
+        ("u1", "i3", date(2026, 10, 4)),
+        ("u2", "i1", date(2026, 10, 4)),
+    }
+    assert ex[("u1", "i1", date(2026, 10, 2))]["label_click"] == 1.0
+    day2_i2 = ex[("u1", "i2", date(2026, 10, 2))]
+    assert (day2_i2["label_click"], day2_i2["label_purchase"], day2_i2["label_spend"]) == (0.0, 0.0, None)
+    day4 = ex[("u1", "i3", date(2026, 10, 4))]
+    assert (day4["label_click"], day4["label_purchase"], day4["label_spend"]) == (1.0, 1.0, 25.0)
+
+
+def test_point_in_time_values(spark, items):
+    events = frame(spark, BASE)
+    keys = spark.createDataFrame(
+        [("u1", date(2026, 10, 4)), ("u1", date(2026, 10, 2))], "user_id string, day date"
+    )
+    users = as_dict(features.user_features(events, keys, cfg()), "user_id", "day")
+    on4 = users[("u1", date(2026, 10, 4))]
+    # day 3 has 2 events (the window of 1 day), days 2-3 have 5 (the window of 7 days); day 4 itself is excluded
+    assert (on4["u_cnt_1d"], on4["u_cnt_7d"]) == (2.0, 5.0)
+    # engagement history before day 4, oldest first: click i1 (day 2), then click+purchase of i2 (day 3)
+    assert on4["u_hist"] == ["i1", "i2", "i2"]
+    on2 = users[("u1", date(2026, 10, 2))]
+    assert (on2["u_cnt_1d"], on2["u_cnt_7d"], on2["u_hist"]) == (0.0, 0.0, [])
+
+    item_keys = spark.createDataFrame(
+        [("i1", date(2026, 10, 5)), ("i3", date(2026, 10, 4))], "item_id string, day date"
+    )
+    it = as_dict(
+        features.item_features(events, items, item_keys, ["click", "purchase"], [1, 7]), "item_id", "day"
+    )
+    assert (it[("i1", date(2026, 10, 5))]["i_pop_1d"], it[("i1", date(2026, 10, 5))]["i_pop_7d"]) == (
+        1.0,
+        2.0,
+    )
+    assert it[("i1", date(2026, 10, 5))]["i_age_days"] == 4.0
+    assert it[("i3", date(2026, 10, 4))]["i_pop_7d"] == 0.0  # its own day's clicks are not yet known
+    assert it[("i3", date(2026, 10, 4))][S.CATEGORIES] == []
+
+
+def test_history_is_capped_at_the_newest_items(spark):
+    rows = [("u1", f"i{n}", "click", None, ts(2 + n // 2, 8 + n)) for n in range(8)]
+    keys = spark.createDataFrame([("u1", date(2026, 10, 9))], "user_id string, day date")
+    hist = features.user_history(frame(spark, rows), keys, ["click"], 3).collect()[0]["u_hist"]
+    assert hist == ["i5", "i6", "i7"]
+
+
+def test_no_future_event_reaches_features_or_labels(spark, items):
+    """Adding events on or after an example's day changes none of its features, nor labels of earlier days."""
+    config = cfg(negatives=1)
+    past = frame(spark, BASE)
+    future_rows = BASE + [
+        ("u1", "i1", "click", None, ts(4, 23)),  # same day as the day-4 examples, later hour
+        ("u1", "i4", "impression", None, ts(5, 9)),
+        ("u1", "i4", "click", None, ts(5, 9)),
+        ("u1", "i2", "purchase", 50.0, ts(6, 9)),
+        ("u2", "i2", "click", None, ts(6, 9)),
+    ]
+    future = frame(spark, future_rows)
+    before = as_dict(features.training_examples(past, items, config), "user_id", "item_id", "day")
+    after = as_dict(features.training_examples(future, items, config), "user_id", "item_id", "day")
+    feature_cols = [c for c in next(iter(before.values())) if c.startswith(("u_", "i_"))]
+    assert feature_cols, "no feature columns found"
+    for key, row in before.items():
+        assert key in after, key
+        assert {c: row[c] for c in feature_cols} == {c: after[key][c] for c in feature_cols}, key
+        if key[2] < date(
+            2026, 10, 4
+        ):  # a later same-day click may change a day-4 label, never an earlier one
+            labels = [c for c in row if c.startswith("label_")]
+            assert {c: row[c] for c in labels} == {c: after[key][c] for c in labels}, key
+
+
+def test_negatives_are_unseen_available_and_reproducible(spark, items):
+    config = cfg(negatives=3)
+    events = frame(spark, BASE)
+    positives = features.exposures(events, ["impression"], config.tasks)
+    draw = lambda: features.sample_negatives(positives, events, items, 3, 7, config.tasks)  # noqa: E731
+    negs = draw().collect()
+    assert negs, "expected some negatives"
+    assert sorted(map(tuple, negs)) == sorted(map(tuple, draw().collect()))
+    touched = {(r["user_id"], r["item_id"], r["day"]) for r in events.collect()}
+    created = {r["item_id"]: r["created_at"].date() for r in items.collect()}
+    for r in negs:
+        assert all(not (u == r["user_id"] and i == r["item_id"] and d <= r["day"]) for u, i, d in touched)
+        assert created[r["item_id"]] < r["day"], "an item cannot be a negative before it exists"
+        assert (r["label_click"], r["label_purchase"], r["label_spend"]) == (0.0, 0.0, None)
+
+
+def test_scoring_inputs_as_of_the_run_date(spark, items):
+    events = frame(spark, BASE)
+    users, item_feats, seen = features.scoring_inputs(events, items, cfg(), date(2026, 10, 10))
+    assert {r["user_id"] for r in users.collect()} == {"u1", "u2"}
+    assert {r["item_id"] for r in item_feats.collect()} == {"i1", "i2", "i3", "i4"}  # i9 is created later
+    assert {(r["user_id"], r["item_id"]) for r in seen.collect()} == {
+        ("u1", "i1"),
+        ("u1", "i2"),
+        ("u1", "i3"),
+        ("u2", "i1"),
+    }
+    u1 = as_dict(users, "user_id")[("u1",)]
+    assert u1["u_hist"] == ["i2", "i3", "i3"] and u1["u_cnt_7d"] == 5.0  # days 3-9: day 2 is outside
