@@ -1,0 +1,372 @@
+"""From the feature job's Parquet (see `nightrec.schema`) to tensors, built once and column-wise.
+
+Every conversion here is vectorised over Arrow/numpy buffers: string ids are mapped with
+`pyarrow.compute.index_in`, list columns become padded matrices through their flattened values and
+lengths. No Python loop runs per example, so a few million examples convert in seconds.
+
+Index 0 of every vocabulary means "unknown or padding": a user or item that appears at scoring time but
+was not in the training vocabulary still gets a (neutral) representation instead of failing the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from nightrec import schema
+from nightrec.config import Config, TaskConfig
+
+
+def read_features(features_dir: Path, name: str) -> pa.Table:
+    """Read one dataset of the features directory (a directory of part files, `_SUCCESS` ignored).
+
+    `day` is normalised to date32: a Spark writer partitioned by day would otherwise hand it back as a
+    string partition key.
+    """
+    path = Path(features_dir) / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: the feature job writes the {name!r} dataset there")
+    table = pq.read_table(path)
+    if schema.DAY in table.column_names and table.schema.field(schema.DAY).type != pa.date32():
+        idx = table.column_names.index(schema.DAY)
+        table = table.set_column(idx, schema.DAY, pc.cast(table.column(schema.DAY), pa.date32()))
+    return table
+
+
+def require_columns(table: pa.Table, columns: list[str] | tuple[str, ...], what: str) -> None:
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{what}: missing columns {missing}; present: {table.column_names}")
+
+
+def _as_string(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    return values if values.type == pa.string() else pc.cast(values, pa.string())
+
+
+class Vocabulary:
+    """Sorted distinct strings; token k of the list has index k + 1, index 0 is unknown/padding."""
+
+    def __init__(self, tokens: list[str]):
+        self.tokens = tokens
+        self._values = pa.array(tokens, pa.string())
+
+    @classmethod
+    def build(cls, *columns: pa.Array | pa.ChunkedArray) -> Self:
+        """Sorted so that the same data always gives the same indices (and the same trained weights)."""
+        chunks: list[pa.Array] = []
+        for column in map(_as_string, columns):
+            chunks.extend(column.chunks if isinstance(column, pa.ChunkedArray) else [column])
+        distinct = pc.unique(pa.chunked_array(chunks, pa.string())).drop_null()
+        return cls(distinct.take(pc.sort_indices(distinct)).to_pylist())
+
+    @property
+    def size(self) -> int:
+        """Rows of the embedding table: the tokens plus the unknown/padding row."""
+        return len(self.tokens) + 1
+
+    def lookup(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """int32 indices (0 for unknown or null), int32 to halve the memory of large history matrices."""
+        idx = pc.index_in(_as_string(values), value_set=self._values)
+        return (pc.fill_null(idx, -1).to_numpy(zero_copy_only=False) + 1).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class Vocabularies:
+    users: Vocabulary
+    items: Vocabulary
+    categories: Vocabulary
+
+    def sizes(self) -> dict[str, int]:
+        return {"users": self.users.size, "items": self.items.size, "categories": self.categories.size}
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"users": self.users.tokens, "items": self.items.tokens, "categories": self.categories.tokens}
+
+    @classmethod
+    def from_json(cls, data: dict[str, list[str]]) -> Self:
+        return cls(Vocabulary(data["users"]), Vocabulary(data["items"]), Vocabulary(data["categories"]))
+
+
+def build_vocabularies(examples: pa.Table, users: pa.Table, items: pa.Table) -> Vocabularies:
+    """Users and items of the examples and of the run-date tables; history items share the item table."""
+    return Vocabularies(
+        users=Vocabulary.build(examples.column(schema.USER_ID), users.column(schema.USER_ID)),
+        items=Vocabulary.build(
+            examples.column(schema.ITEM_ID),
+            items.column(schema.ITEM_ID),
+            pc.list_flatten(examples.column(schema.HISTORY)),
+            pc.list_flatten(users.column(schema.HISTORY)),
+        ),
+        categories=Vocabulary.build(
+            pc.list_flatten(examples.column(schema.CATEGORIES)),
+            pc.list_flatten(items.column(schema.CATEGORIES)),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Which columns feed the model and how they are scaled: saved with the model, reused at scoring.
+
+    Dense values are transformed by sign(x) * log1p(|x|) (log1p for the non-negative counts of the
+    contract, still finite for a negative value), then standardised with the training mean and std.
+    """
+
+    user_dense: tuple[str, ...]
+    item_dense: tuple[str, ...]
+    history_length: int
+    max_categories: int
+    mean: dict[str, float]
+    std: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_dense": list(self.user_dense),
+            "item_dense": list(self.item_dense),
+            "history_length": self.history_length,
+            "max_categories": self.max_categories,
+            "mean": self.mean,
+            "std": self.std,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        return cls(
+            user_dense=tuple(data["user_dense"]),
+            item_dense=tuple(data["item_dense"]),
+            history_length=int(data["history_length"]),
+            max_categories=int(data["max_categories"]),
+            mean={k: float(v) for k, v in data["mean"].items()},
+            std={k: float(v) for k, v in data["std"].items()},
+        )
+
+
+def dense_columns(table_schema: pa.Schema, prefix: str, exclude: str) -> tuple[str, ...]:
+    """The `u_*` / `i_*` feature columns, by the naming convention of the contract; sorted for stability."""
+    names = sorted(n for n in table_schema.names if n.startswith(prefix) and n != exclude)
+    bad = [
+        n
+        for n in names
+        if not pa.types.is_integer(table_schema.field(n).type)
+        and not pa.types.is_floating(table_schema.field(n).type)
+    ]
+    if bad:
+        raise ValueError(
+            f"feature columns {bad} must be numeric (schema contract: {prefix}* columns are dense)"
+        )
+    return tuple(names)
+
+
+def _log_dense(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
+    """[N, D] float64: nulls and non-finite values count as 0 (no activity), then signed log1p."""
+    out = np.zeros((table.num_rows, len(columns)), dtype=np.float64)
+    for j, name in enumerate(columns):
+        x = pc.fill_null(pc.cast(table.column(name), pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        out[:, j] = np.sign(x) * np.log1p(np.abs(x))
+    return out
+
+
+def fit_layout(
+    examples: pa.Table, items: pa.Table, train_rows: np.ndarray, history_length: int
+) -> FeatureLayout:
+    """Feature columns from the examples; normalisation statistics from the training rows only."""
+    require_columns(examples, [schema.HISTORY, schema.CATEGORIES], "examples")
+    user_dense = dense_columns(examples.schema, schema.USER_PREFIX, schema.HISTORY)
+    item_dense = dense_columns(examples.schema, schema.ITEM_PREFIX, schema.CATEGORIES)
+    require_columns(items, [schema.CATEGORIES], "items")
+    lengths = [
+        pc.max(pc.list_value_length(t.column(schema.CATEGORIES))).as_py() or 0 for t in (examples, items)
+    ]
+    columns = user_dense + item_dense
+    train = _log_dense(examples, columns)[train_rows]
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    std = np.where(std < 1e-6, 1.0, std)  # a constant column stays at 0 instead of dividing by ~0
+    return FeatureLayout(
+        user_dense=user_dense,
+        item_dense=item_dense,
+        history_length=history_length,
+        max_categories=max(1, *lengths),
+        mean={c: float(m) for c, m in zip(columns, mean, strict=True)},
+        std={c: float(s) for c, s in zip(columns, std, strict=True)},
+    )
+
+
+def _normalised_dense(table: pa.Table, columns: tuple[str, ...], layout: FeatureLayout) -> torch.Tensor:
+    x = _log_dense(table, columns)
+    mean = np.array([layout.mean[c] for c in columns], dtype=np.float64)
+    std = np.array([layout.std[c] for c in columns], dtype=np.float64)
+    return torch.from_numpy(((x - mean) / std).astype(np.float32)).reshape(table.num_rows, len(columns))
+
+
+def padded_indices(column: pa.ChunkedArray, vocab: Vocabulary, width: int, keep_last: bool) -> torch.Tensor:
+    """A list<string> column as an [N, width] int32 matrix of vocabulary indices, padded with 0.
+
+    Longer lists are cut: `keep_last` keeps the newest entries of a history (newest last in the
+    contract), otherwise the first ones. Null lists are empty rows.
+    """
+    n = len(column)
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = vocab.lookup(pc.list_flatten(column))
+    starts = np.cumsum(lengths) - lengths
+    pos = np.arange(values.size, dtype=np.int64) - np.repeat(starts, lengths)
+    if keep_last:
+        pos -= np.repeat(np.maximum(lengths - width, 0), lengths)
+    rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    keep = (pos >= 0) & (pos < width)
+    out = np.zeros((n, width), dtype=np.int32)
+    out[rows[keep], pos[keep]] = values[keep]
+    return torch.from_numpy(out)
+
+
+class TensorGroup:
+    """Tensors sharing their first dimension, sliced and moved together (batches are index slices)."""
+
+    def apply(self, fn) -> Self:
+        def one(value):
+            return value.apply(fn) if isinstance(value, TensorGroup) else fn(value)
+
+        return type(self)(**{f.name: one(getattr(self, f.name)) for f in fields(self)})  # type: ignore[arg-type]
+
+    def take(self, index: torch.Tensor | slice) -> Self:
+        return self.apply(lambda t: t[index])
+
+    def to(self, device: torch.device | str) -> Self:
+        return self.apply(lambda t: t.to(device, non_blocking=True))
+
+    def __len__(self) -> int:
+        first = getattr(self, fields(self)[0].name)  # type: ignore[arg-type]
+        return len(first)
+
+
+@dataclass
+class UserTensors(TensorGroup):
+    user: torch.Tensor  # [N] int32
+    history: torch.Tensor  # [N, L] int32, 0 = padding
+    dense: torch.Tensor  # [N, Du] float32, normalised
+
+
+@dataclass
+class ItemTensors(TensorGroup):
+    item: torch.Tensor  # [N] int32
+    categories: torch.Tensor  # [N, C] int32, 0 = padding
+    dense: torch.Tensor  # [N, Di] float32, normalised
+
+
+@dataclass
+class ExampleTensors(TensorGroup):
+    users: UserTensors
+    items: ItemTensors
+    labels: torch.Tensor  # [N, T] float32, 0 where missing
+    label_mask: torch.Tensor  # [N, T] bool: the example carries this task's label
+
+
+def user_tensors(table: pa.Table, vocab: Vocabularies, layout: FeatureLayout) -> UserTensors:
+    require_columns(table, [schema.USER_ID, schema.HISTORY, *layout.user_dense], "user features")
+    return UserTensors(
+        user=torch.from_numpy(vocab.users.lookup(table.column(schema.USER_ID))),
+        history=padded_indices(
+            table.column(schema.HISTORY), vocab.items, layout.history_length, keep_last=True
+        ),
+        dense=_normalised_dense(table, layout.user_dense, layout),
+    )
+
+
+def item_tensors(table: pa.Table, vocab: Vocabularies, layout: FeatureLayout) -> ItemTensors:
+    require_columns(table, [schema.ITEM_ID, schema.CATEGORIES, *layout.item_dense], "item features")
+    return ItemTensors(
+        item=torch.from_numpy(vocab.items.lookup(table.column(schema.ITEM_ID))),
+        categories=padded_indices(
+            table.column(schema.CATEGORIES), vocab.categories, layout.max_categories, keep_last=False
+        ),
+        dense=_normalised_dense(table, layout.item_dense, layout),
+    )
+
+
+def label_tensors(table: pa.Table, tasks: list[TaskConfig]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, T] labels and mask; a null label (a regression example without the event) is masked out."""
+    columns = [schema.label_column(t.name) for t in tasks]
+    require_columns(table, columns, "examples")
+    values = np.stack(
+        [pc.cast(table.column(c), pa.float64()).to_numpy(zero_copy_only=False) for c in columns], axis=1
+    ).reshape(table.num_rows, len(columns))
+    mask = ~np.isnan(values)
+    return torch.from_numpy(np.where(mask, values, 0.0).astype(np.float32)), torch.from_numpy(mask)
+
+
+def example_tensors(
+    table: pa.Table, vocab: Vocabularies, layout: FeatureLayout, tasks: list[TaskConfig]
+) -> ExampleTensors:
+    labels, mask = label_tensors(table, tasks)
+    return ExampleTensors(
+        users=user_tensors(table, vocab, layout),
+        items=item_tensors(table, vocab, layout),
+        labels=labels,
+        label_mask=mask,
+    )
+
+
+def split_by_day(days: np.ndarray, run_date: date, validation_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of (train, validation): validation is every example on or after the cutoff day.
+
+    A time split, not a random one: the model is used on days after its training data, so it is judged
+    on the most recent days it has not seen.
+    """
+    cutoff = np.datetime64(run_date - timedelta(days=validation_days), "D")
+    if days.size and np.isnat(days).any():
+        raise ValueError("examples: `day` has nulls; every example must have its day")
+    is_val = days >= cutoff
+    span = f"the examples span {days.min()} .. {days.max()}" if days.size else "there are no examples"
+    if not is_val.any():
+        raise ValueError(
+            f"no validation examples: none on or after {cutoff} (run date {run_date}, "
+            f"model.validation_days={validation_days}); {span}"
+        )
+    if is_val.all():
+        raise ValueError(
+            f"no training examples: none before {cutoff} (run date {run_date}, "
+            f"model.validation_days={validation_days}); {span}"
+        )
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    vocab: Vocabularies
+    layout: FeatureLayout
+    train: ExampleTensors
+    val: ExampleTensors
+    first_day: date
+    last_day: date
+
+
+def load_training_data(features_dir: Path, cfg: Config, run_date: date) -> TrainingData:
+    """Everything training needs, read once: vocabularies, feature layout, train/validation tensors."""
+    # Spark writes part files in no fixed row order: sort so that a seed fixes the batches, and so the model.
+    examples = read_features(features_dir, schema.EXAMPLES).sort_by(
+        [(schema.DAY, "ascending"), (schema.USER_ID, "ascending"), (schema.ITEM_ID, "ascending")]
+    )
+    users = read_features(features_dir, schema.USERS)
+    items = read_features(features_dir, schema.ITEMS)
+    require_columns(examples, [schema.USER_ID, schema.ITEM_ID, schema.DAY], "examples")
+    days = examples.column(schema.DAY).to_numpy()
+    train_rows, val_rows = split_by_day(days, run_date, cfg.model.validation_days)
+    vocab = build_vocabularies(examples, users, items)
+    layout = fit_layout(examples, items, train_rows, cfg.features.history_length)
+    full = example_tensors(examples, vocab, layout, cfg.tasks)
+    return TrainingData(
+        vocab=vocab,
+        layout=layout,
+        train=full.take(torch.from_numpy(train_rows)),
+        val=full.take(torch.from_numpy(val_rows)),
+        first_day=days.min().astype(object),
+        last_day=days.max().astype(object),
+    )

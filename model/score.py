@@ -1,0 +1,211 @@
+"""Score every user against every item and keep each user's top K unseen items.
+
+Users go in blocks of `cfg.scoring.user_batch_size`; a block is one batch of block x all items. Each
+user and each item is encoded once (embeddings, pooling) and only the concatenation is broadcast over
+the grid, so the cost per block is the expert/tower MLP on block x items rows. Peak memory is about
+block x items x num_experts x expert_hidden[0] x 4 bytes: lower `user_batch_size` for large catalogues.
+
+The ranking score is `cfg.scoring.blend`, an arithmetic expression over task names. It comes from a
+config file, so it is parsed with `ast` and only numbers, task names, + - * / ** and unary minus are
+accepted: no `eval` of configuration text.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from tqdm.auto import tqdm
+
+from model.checkpoint import load_model
+from model.data import FeatureLayout, item_tensors, read_features, user_tensors
+from model.mmoe import TaskSpec, precision, resolve_device
+from nightrec import schema
+from nightrec.config import Config
+
+Blend = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+_BINARY_OPS: dict[type[ast.operator], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    ast.Add: torch.add,
+    ast.Sub: torch.sub,
+    ast.Mult: torch.mul,
+    ast.Div: torch.div,
+    ast.Pow: torch.pow,
+}
+
+
+def compile_blend(expression: str | None, tasks: Sequence[TaskSpec]) -> Blend:
+    """Validate the blend expression once and return a function of {task name: prediction tensor}.
+
+    `None` means the product of the binary tasks' predictions: with ESMM children (joint probabilities)
+    that is a probability-like score in [0, 1].
+    """
+    names = [t.name for t in tasks]
+    if expression is None:
+        binary = [t.name for t in tasks if t.type == "binary"]
+        if not binary:
+            raise ValueError("scoring.blend must be set when no task is binary (the default multiplies them)")
+        expression = " * ".join(binary)
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"scoring.blend {expression!r} is not a valid expression: {exc.msg}") from None
+    _check(tree.body, names, expression)
+    return lambda values: _evaluate(tree.body, values)
+
+
+def _check(node: ast.expr, names: list[str], expression: str) -> None:
+    match node:
+        case ast.BinOp(left=left, op=op, right=right) if type(op) in _BINARY_OPS:
+            _check(left, names, expression)
+            _check(right, names, expression)
+        case ast.UnaryOp(op=ast.USub() | ast.UAdd(), operand=operand):
+            _check(operand, names, expression)
+        case ast.Constant(value=value) if type(value) in (int, float):  # not bool, complex or str
+            try:
+                finite = math.isfinite(float(value))
+            except OverflowError:
+                finite = False
+            if not finite:
+                raise ValueError(f"scoring.blend {expression!r}: the constant {value} is not a finite number")
+        case ast.Name(id=name):
+            if name not in names:
+                raise ValueError(f"scoring.blend {expression!r}: {name!r} is not a task; tasks: {names}")
+        case _:
+            raise ValueError(
+                f"scoring.blend {expression!r}: {type(node).__name__} is not allowed; use task names, "
+                "numbers, + - * / ** and parentheses"
+            )
+
+
+def _evaluate(node: ast.expr, values: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Only the node types `_check` accepted reach here; constants become tensors, so no Python-number
+    arithmetic (think 10 ** 10 ** 10) is ever carried out."""
+    if isinstance(node, ast.BinOp):
+        return _BINARY_OPS[type(node.op)](_evaluate(node.left, values), _evaluate(node.right, values))
+    if isinstance(node, ast.UnaryOp):
+        operand = _evaluate(node.operand, values)
+        return -operand if isinstance(node.op, ast.USub) else operand
+    if isinstance(node, ast.Constant):
+        return torch.tensor(float(node.value), dtype=torch.float32)
+    assert isinstance(node, ast.Name)
+    return values[node.id]
+
+
+def _require_unique_ids(table: pa.Table, column: str, what: str) -> None:
+    ids = table.column(column)
+    if ids.null_count or pc.count_distinct(ids).as_py() != len(ids):
+        raise ValueError(f"{what}: {column} must be non-null and unique (one row per {column})")
+
+
+def _seen_pairs(seen: pa.Table, users: pa.Table, items: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(user row, item row) positions in the users/items tables, sorted by user row.
+
+    Rows, not vocabulary indices: all unknown items share vocabulary index 0, but each is its own row.
+    """
+    user_rows = pc.index_in(
+        seen.column(schema.USER_ID), value_set=users.column(schema.USER_ID).combine_chunks()
+    )
+    item_rows = pc.index_in(
+        seen.column(schema.ITEM_ID), value_set=items.column(schema.ITEM_ID).combine_chunks()
+    )
+    u = pc.fill_null(user_rows, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    i = pc.fill_null(item_rows, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    known = (u >= 0) & (i >= 0)
+    u, i = u[known], i[known]
+    order = np.argsort(u, kind="stable")
+    return u[order], i[order]
+
+
+def score_users(model_dir: Path, features_dir: Path, cfg: Config, show_progress: bool = True) -> pd.DataFrame:
+    """Top `cfg.scoring.top_k` unseen items for every user of `users/`.
+
+    Columns: user_id, rank (1..K), item_id, score, p_<task> per task, model_version. A user has fewer
+    than K rows only when fewer than K items are left once the seen ones are removed. Equal scores are
+    ranked by the item's position in `items/`, so the output is deterministic.
+    """
+    device = resolve_device(cfg.model.device)
+    model, meta, vocab = load_model(Path(model_dir), device)
+    tasks = model.spec.tasks
+    blend = compile_blend(cfg.scoring.blend, tasks)
+    layout = FeatureLayout.from_dict(meta["layout"])
+    # Sorted by id: Spark's part files have no fixed row order, and ties are broken by item position.
+    users = read_features(features_dir, schema.USERS).sort_by(schema.USER_ID)
+    items = read_features(features_dir, schema.ITEMS).sort_by(schema.ITEM_ID)
+    seen = read_features(features_dir, schema.SEEN)
+    _require_unique_ids(users, schema.USER_ID, "users")
+    _require_unique_ids(items, schema.ITEM_ID, "items")
+
+    all_users = user_tensors(users, vocab, layout)
+    seen_user, seen_item = _seen_pairs(seen, users, items)
+    n_users, n_items, k = users.num_rows, items.num_rows, cfg.scoring.top_k
+    block_size = cfg.scoring.user_batch_size
+    parts: dict[str, list[np.ndarray]] = {"user": [], "rank": [], "item": [], "score": [], "preds": []}
+
+    with torch.inference_mode():
+        with precision(device):
+            item_part = model.item_part(item_tensors(items, vocab, layout).to(device))
+        bar = tqdm(total=n_users, unit="user", desc="scoring", disable=not show_progress)
+        for start in range(0, n_users, block_size):
+            block = all_users.take(slice(start, start + block_size)).to(device)
+            b = len(block)
+            with precision(device):
+                user_part = model.user_part(block)
+                grid = torch.cat(
+                    [
+                        user_part[:, None, :].expand(b, n_items, -1),
+                        item_part[None, :, :].expand(b, n_items, -1),
+                    ],
+                    dim=2,
+                )
+                preds = (
+                    model.head(grid.reshape(b * n_items, -1)).predictions.float().view(b, n_items, len(tasks))
+                )
+            scores = blend({t.name: preds[..., j] for j, t in enumerate(tasks)}).float().expand(b, n_items)
+            if torch.isnan(scores).any():
+                raise ValueError(f"scoring.blend {cfg.scoring.blend!r} gives NaN for some predictions")
+
+            lo, hi = np.searchsorted(seen_user, [start, start + b])
+            is_seen = torch.zeros(b, n_items, dtype=torch.bool)
+            is_seen[torch.from_numpy(seen_user[lo:hi] - start), torch.from_numpy(seen_item[lo:hi])] = True
+            is_seen = is_seen.to(device)
+
+            # Stable descending sort: equal scores keep the item order. Seen items are skipped by
+            # counting only unseen ones, so a -inf score can never be confused with "seen".
+            order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+            unseen = ~is_seen.gather(1, order)
+            rank = unseen.cumsum(dim=1)
+            row, pos = (unseen & (rank <= k)).nonzero(as_tuple=True)  # row-major: by user, then rank
+            item = order[row, pos]
+            parts["user"].append((row + start).cpu().numpy())
+            parts["rank"].append(rank[row, pos].cpu().numpy().astype(np.int32))
+            parts["item"].append(item.cpu().numpy())
+            parts["score"].append(scores[row, item].double().cpu().numpy())
+            parts["preds"].append(preds[row, item].double().cpu().numpy())
+            bar.update(b)
+        bar.close()
+
+    def joined(name: str, empty: np.ndarray) -> np.ndarray:
+        return np.concatenate(parts[name]) if parts[name] else empty
+
+    user_rows = joined("user", np.empty(0, np.int64))
+    item_rows = joined("item", np.empty(0, np.int64))
+    preds_all = joined("preds", np.empty((0, len(tasks))))
+    table = pa.table(
+        {
+            schema.USER_ID: pc.cast(users.column(schema.USER_ID).take(pa.array(user_rows)), pa.string()),
+            "rank": pa.array(joined("rank", np.empty(0, np.int32))),
+            schema.ITEM_ID: pc.cast(items.column(schema.ITEM_ID).take(pa.array(item_rows)), pa.string()),
+            "score": pa.array(joined("score", np.empty(0))),
+            **{schema.probability_column(t.name): pa.array(preds_all[:, j]) for j, t in enumerate(tasks)},
+            "model_version": pa.array([meta["version"]] * len(user_rows), pa.string()),
+        }
+    )
+    return table.to_pandas()
