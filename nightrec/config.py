@@ -37,7 +37,16 @@ class DataConfig(Strict):
         description="Landing zone (local path or any URI Spark reads) with events/, items/, users/."
     )
     workdir: str = Field(description="Per-run directories (features, model, data docs) are created under it.")
-    warehouse: str = Field(description="DuckDB file path where recommendations are published.")
+    warehouse: str = Field(
+        description="Where recommendations are published: a DuckDB file path, or a postgresql:// URL without "
+        "a password (the password comes from NIGHTREC_WAREHOUSE_PASSWORD / PGPASSWORD or a Prefect Secret block)."
+    )
+    warehouse_password_block: str | None = Field(
+        None, description="Name of a Prefect Secret block holding the PostgreSQL password."
+    )
+    parquet_output: str | None = Field(
+        None, description="Also write published rows as Parquet partitioned by run_date under this URI."
+    )
 
 
 class SparkConfig(Strict):
@@ -130,6 +139,21 @@ class ScoringConfig(Strict):
     user_batch_size: int = Field(256, ge=1)
 
 
+class NotifyConfig(Strict):
+    webhook_url: str | None = Field(
+        None,
+        description="POSTed a JSON message when a run fails (or set NIGHTREC_WEBHOOK_URL; it may hold a token).",
+    )
+
+
+class OrchestrationConfig(Strict):
+    train_deployment: str | None = Field(
+        None,
+        description="'flow/deployment' of the train flow on a GPU work pool; the nightly flow then trains through "
+        "run_deployment. Unset: training runs in the nightly flow's own process.",
+    )
+
+
 class Config(Strict):
     data: DataConfig
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -138,6 +162,8 @@ class Config(Strict):
     tasks: list[TaskConfig] = Field(min_length=1)
     model: ModelConfig = Field(default_factory=ModelConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @model_validator(mode="after")
     def _tasks_consistent(self) -> Config:
