@@ -56,3 +56,37 @@ def write_features(
         return counts
     finally:
         usable.unpersist()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for `spark-submit jobs/feature_job.py`: the feature step alone, on any Spark cluster.
+
+    The master and executor settings come from spark-submit (or the config's [spark] section when run with
+    plain python); validation runs first, as in the nightly flow, so a cluster never builds on bad input.
+    """
+    import argparse
+
+    from jobs.spark import get_spark
+    from jobs.validation import validate_events
+    from nightrec.config import load_config
+
+    parser = argparse.ArgumentParser(prog="feature_job", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--date", required=True, type=date.fromisoformat)
+    parser.add_argument("--out", required=True, help="features directory to write")
+    parser.add_argument("--landing", help="override [data] landing")
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.config, landing=args.landing)
+    window = Window.for_run(cfg, args.date)
+    spark = get_spark(cfg.spark, app_name="nightrec-features")
+    events, items = load_inputs(spark, cfg, window)
+    out = Path(args.out)
+    validate_events(events, cfg, window.start, window.run_date, out.parent / "data_docs")
+    counts = write_features(events, items, cfg, args.date, out)
+    print(f"master={spark.sparkContext.master}", *(f"{name}={n}" for name, n in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

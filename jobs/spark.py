@@ -34,19 +34,21 @@ def get_spark(cfg: SparkConfig | None = None, app_name: str = "nightrec"):
     if active is not None:
         return active
     cfg = cfg or SparkConfig()
+    # Under spark-submit the JVM already runs with the submitter's master and memory: those win.
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
     scratch = Path(tempfile.gettempdir()) / "nightrec-spark"
     scratch.mkdir(parents=True, exist_ok=True)
     log4j = scratch / "log4j2.properties"
     log4j.write_text(_LOG4J)
     os.environ.setdefault("SPARK_LOCAL_DIRS", str(scratch / "local"))
-    local = cfg.master.startswith("local")
+    local = cfg.master.startswith("local") and not submitted
     if local:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = SparkSession.builder.appName(app_name)
+    if not submitted:
+        builder = builder.master(cfg.master).config("spark.driver.memory", cfg.driver_memory)
     builder = (
-        SparkSession.builder.master(cfg.master)
-        .appName(app_name)
-        .config("spark.driver.memory", cfg.driver_memory)
-        .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        builder.config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.default.parallelism", str(cfg.shuffle_partitions))
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
