@@ -1,19 +1,22 @@
-"""Data quality gates: Great Expectations suites run on the Spark frames before anything is trained.
+"""Data quality gates: Great Expectations suites run before anything is trained or published.
 
-Two suites guard the pipeline: `events` checks the raw logs read from the landing zone (a bad export must
+Three suites guard the pipeline: `events` checks the raw logs read from the landing zone (a bad export must
 stop the run before it poisons features), `examples` checks the training examples the feature job built
-(the model code trusts their keys, labels and features without looking again).
+(the model code trusts their keys, labels and features without looking again), and `recommendations`
+checks the scored top-K rows before they replace a date in the warehouse (readers take whatever is there).
 
-Both run on the Spark DataFrame itself through a GX checkpoint whose UpdateDataDocsAction writes Data Docs
-into the run directory, so every run leaves a browsable record of what was checked. A failure raises
-`ValidationFailed` whose text names each failed expectation with its unexpected count and up to five
-offending rows: GX filters the frame by its own unexpected condition (`include_unexpected_rows`), so the
-rows shown are exactly the rows the expectation rejected.
+The first two run on the Spark DataFrame itself, the last on the scorer's pandas frame (small, already in
+memory: no reason to start Spark for it). Each runs through a GX checkpoint whose UpdateDataDocsAction
+writes Data Docs into the run directory, so every run leaves a browsable record of what was checked. A
+failure raises `ValidationFailed` whose text names each failed expectation with its unexpected count and
+up to five offending rows: GX filters the frame by its own unexpected condition (`include_unexpected_rows`),
+so the rows shown are exactly the rows the expectation rejected.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
@@ -22,6 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from great_expectations.checkpoint import UpdateDataDocsAction
 from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.expectations.row_conditions import Column, deserialize_row_condition
@@ -35,9 +42,27 @@ if TYPE_CHECKING:
 
 EVENTS = "events"
 EXAMPLES = "examples"
-DATASOURCE = "nightrec_spark"
+RECOMMENDATIONS = "recommendations"
+# The per-user row counts of the recommendations: a frame of its own, so a failure lists users, not rows.
+RECOMMENDATION_COUNTS = "recommendation_counts"
+SPARK_DATASOURCE = "nightrec_spark"
+PANDAS_DATASOURCE = "nightrec_pandas"
 DOCS_SITE = "run_docs"
 SAMPLE_ROWS = 5
+
+# Columns of the recommendations frame (model.score.score_users plus generated_at), besides p_<task>.
+RANK = "rank"
+SCORE = "score"
+MODEL_VERSION = "model_version"
+GENERATED_AT = "generated_at"
+RECOMMENDATION_KEYS = (schema.USER_ID, RANK, schema.ITEM_ID)
+_PAIR = [schema.USER_ID, schema.ITEM_ID]  # the columns of `seen/`
+# Derived columns the checks look at: True where the user already interacted with the item (`seen/`) ...
+ALREADY_SEEN = "already_seen"
+# ... and, per user: rows, highest rank, and rows expected (top_k, or the unseen catalogue if smaller).
+ROWS = "rows"
+MAX_RANK = "max_rank"
+EXPECTED_ROWS = "expected_rows"
 
 # Spark type names as GX resolves them (attributes of pyspark.sql.types). Parquet timestamps written
 # without a time zone are read as TIMESTAMP_NTZ, with one as TIMESTAMP: both are a valid `ts`.
@@ -80,6 +105,7 @@ class ExpectationOutcome:
     expected: str = ""
     notes: str | None = None
     error: str | None = None
+    unit: str = "rows"  # what one row of the validated frame is: the per-user counts frame has "users"
 
     def describe(self) -> str:
         """One line (plus sample rows) saying what failed, on how many rows, and which rows."""
@@ -95,7 +121,7 @@ class ExpectationOutcome:
             parts = [f"observed {self.observed!r}"] if self.observed is not None else []
             parts += [f"expected {self.expected}"] if self.expected else []
             return f"{head}: {', '.join(parts) or 'failed'}"
-        line = f"{head}: {self.unexpected_count} of {self.element_count} rows unexpected"
+        line = f"{head}: {self.unexpected_count} of {self.element_count} {self.unit} unexpected"
         if self.expected:
             line += f" (expected {self.expected})"
         if not self.sample:
@@ -231,6 +257,145 @@ def features_suite(cfg: Config, numeric_features: list[str] | None = None) -> gx
     return gx.ExpectationSuite(name=EXAMPLES, expectations=expectations)
 
 
+def recommendations_suite(cfg: Config) -> gx.ExpectationSuite:
+    """The scored rows: keys, ranks within top_k, score and probability ranges, nothing already seen.
+
+    Runs on the scorer's frame plus the `already_seen` flag (see `validate_recommendations`). With the
+    default blend (the product of the binary task probabilities) the score is a probability too; a custom
+    blend can be any real number, so it only has to be finite.
+    """
+    k = cfg.scoring.top_k
+    probabilities = [(schema.probability_column(t.name), t.type) for t in cfg.tasks]
+    expectations: list[gxe.Expectation] = []
+    for column in (*RECOMMENDATION_KEYS, SCORE, *(c for c, _ in probabilities), MODEL_VERSION, GENERATED_AT):
+        expectations += [
+            gxe.ExpectColumnToExist(column=column),
+            gxe.ExpectColumnValuesToNotBeNull(column=column),  # NaN counts as null on pandas
+        ]
+    expectations += [
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=[schema.USER_ID, schema.ITEM_ID]),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=[schema.USER_ID, RANK]),
+        gxe.ExpectColumnValuesToBeBetween(column=RANK, min_value=1, max_value=k),
+        _probability(SCORE) if cfg.scoring.blend is None else _finite(SCORE),
+        *(_probability(column) if kind == "binary" else _finite(column) for column, kind in probabilities),
+        gxe.ExpectColumnValuesToBeInSet(
+            column=ALREADY_SEEN,
+            value_set=[False],
+            notes="an item the user already interacted with (seen/) is never recommended",
+        ),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
+    return gx.ExpectationSuite(name=RECOMMENDATIONS, expectations=expectations)
+
+
+def recommendation_counts_suite(cfg: Config) -> gx.ExpectationSuite:
+    """Per user: exactly the expected number of rows, ranked 1..n without gaps.
+
+    Runs on `recommendation_counts`: uniqueness and the 1..top_k range are checked on the rows, so
+    "max rank = rows" there means the ranks are exactly 1..rows.
+    """
+    return gx.ExpectationSuite(
+        name=RECOMMENDATION_COUNTS,
+        expectations=[
+            gxe.ExpectColumnPairValuesToBeEqual(
+                column_A=ROWS,
+                column_B=EXPECTED_ROWS,
+                notes=f"top_k={cfg.scoring.top_k} rows per user, fewer only where fewer unseen items are left",
+            ),
+            gxe.ExpectColumnPairValuesToBeEqual(
+                column_A=MAX_RANK, column_B=ROWS, notes="ranks run 1..rows without gaps"
+            ),
+        ],
+    )
+
+
+def _probability(column: str) -> gxe.Expectation:
+    return gxe.ExpectColumnValuesToBeBetween(column=column, min_value=0.0, max_value=1.0)
+
+
+def _finite(column: str) -> gxe.Expectation:
+    # Strict infinite bounds reject exactly +-inf; NaN is null to GX and left to the not-null check.
+    return gxe.ExpectColumnValuesToBeBetween(
+        column=column, min_value=-math.inf, max_value=math.inf, strict_min=True, strict_max=True
+    )
+
+
+def validate_recommendations(
+    recs: pd.DataFrame, seen: pa.Table | pd.DataFrame, catalogue_size: int, cfg: Config, docs_dir: Path
+) -> ValidationReport:
+    """Check the scored rows before they are published; return the report or raise ValidationFailed.
+
+    `recs` is `model.score.score_users`' frame plus `generated_at`; `seen` the (user_id, item_id) pairs of
+    the features' `seen/` dataset; `catalogue_size` the number of items scored (rows of `items/`). Two
+    validations (the rows, the per-user counts) land in the run's Data Docs and make one report.
+    """
+    missing = [c for c in RECOMMENDATION_KEYS if c not in recs.columns]
+    if missing:  # the derived columns need them: this is a caller's bug, not a data defect
+        raise ValueError(f"recommendations lack the key columns {missing}")
+    pairs = _distinct_pairs(seen)
+    rows = _run(_flag_seen(recs, pairs), recommendations_suite(cfg), list(RECOMMENDATION_KEYS), docs_dir)
+    counts = _run(
+        _recommendation_counts(recs, pairs, catalogue_size, cfg.scoring.top_k),
+        recommendation_counts_suite(cfg),
+        [schema.USER_ID],
+        docs_dir,
+        unit="users",
+    )
+    report = ValidationReport(
+        suite=RECOMMENDATIONS,
+        success=rows.success and counts.success,
+        results=rows.results + counts.results,
+        docs_index=counts.docs_index,
+    )
+    if not report.success:
+        raise ValidationFailed(report)
+    return report
+
+
+def _distinct_pairs(seen: pa.Table | pd.DataFrame) -> pa.Table:
+    """Distinct (user_id, item_id) string pairs. Kept in Arrow: `seen/` is far larger than the top-K rows."""
+    table = seen if isinstance(seen, pa.Table) else pa.Table.from_pandas(seen[_PAIR], preserve_index=False)
+    keys = pa.table({c: pc.cast(table.column(c), pa.string()) for c in _PAIR})
+    return keys.group_by(_PAIR).aggregate([])
+
+
+def _flag_seen(recs: pd.DataFrame, pairs: pa.Table) -> pd.DataFrame:
+    """A copy of `recs` with `already_seen`: whether its (user_id, item_id) pair is in `pairs`."""
+    keys = pa.table(
+        {
+            **{c: pc.cast(pa.array(recs[c], from_pandas=True), pa.string()) for c in _PAIR},
+            "_row": np.arange(len(recs)),
+        }
+    )
+    hits = pairs.append_column(ALREADY_SEEN, pa.array(np.ones(pairs.num_rows, dtype=bool)))
+    joined = keys.join(hits, keys=_PAIR, join_type="left outer")  # pairs are distinct: one row per rec
+    flag = np.zeros(len(recs), dtype=bool)
+    flag[joined.column("_row").to_numpy()] = pc.fill_null(joined.column(ALREADY_SEEN), False).to_numpy()
+    return recs.assign(**{ALREADY_SEEN: flag})
+
+
+def _recommendation_counts(
+    recs: pd.DataFrame, pairs: pa.Table, catalogue_size: int, top_k: int
+) -> pd.DataFrame:
+    """One row per user of `recs`: user_id, rows, max_rank, expected_rows.
+
+    expected_rows = min(top_k, catalogue_size - the user's seen items): the scorer ranks every catalogue
+    item the user has not seen and keeps the best top_k. This assumes every seen item is in the catalogue,
+    as when every event's item is in `items/`; a seen item outside it would lower the expected count of a
+    user who has seen almost all of it, and fail the check.
+    """
+    per_user = recs.groupby(schema.USER_ID, sort=True).agg(**{ROWS: (RANK, "size"), MAX_RANK: (RANK, "max")})
+    seen_items = (
+        pairs.group_by(schema.USER_ID)
+        .aggregate([(schema.ITEM_ID, "count")])
+        .to_pandas()
+        .set_index(schema.USER_ID)
+    )
+    seen_count = seen_items[f"{schema.ITEM_ID}_count"].reindex(per_user.index, fill_value=0)
+    per_user[EXPECTED_ROWS] = (catalogue_size - seen_count).clip(lower=0, upper=top_k)
+    return per_user.reset_index()
+
+
 def validate_events(
     events: DataFrame, cfg: Config, window_start: date, run_date: date, docs_dir: Path
 ) -> ValidationReport:
@@ -260,8 +425,8 @@ _LOCK = threading.Lock()
 def _context(docs_dir: Path) -> AbstractDataContext:
     """One in-memory context per docs directory (the last one used).
 
-    The Data Docs index lists the validations the context's stores hold: reusing the context for both
-    suites of a run puts both on one index page; a new run directory gets a fresh context.
+    The Data Docs index lists the validations the context's stores hold: reusing the context for all
+    suites of a run puts them on one index page; a new run directory gets a fresh context.
     """
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
@@ -273,24 +438,52 @@ def _context(docs_dir: Path) -> AbstractDataContext:
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
         },
     )
-    # Uses the active SparkSession at run time; persist=True caches the frame while GX runs its jobs.
-    source = ctx.data_sources.add_spark(DATASOURCE)
-    for name in (EVENTS, EXAMPLES):
-        source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe(name)
     return ctx
+
+
+def _batch_definition(ctx: AbstractDataContext, name: str, spark: bool) -> Any:
+    """The whole-frame batch definition `name`, adding its datasource and asset on first use.
+
+    Lazily, because adding the Spark datasource starts a SparkSession (it uses the active one, so the
+    flow's own settings hold): a pandas-only validation must not pay for that.
+    """
+    source_name = SPARK_DATASOURCE if spark else PANDAS_DATASOURCE
+    if source_name not in ctx.data_sources.all():
+        # Spark: persist=True (the default) caches the frame while GX runs its jobs; _run releases it.
+        (ctx.data_sources.add_spark if spark else ctx.data_sources.add_pandas)(source_name)
+    source = ctx.data_sources.get(source_name)
+    if name not in source.get_asset_names():
+        source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe(name)
+    return source.get_asset(name).get_batch_definition(name)
 
 
 def _validate(
     df: DataFrame, suite: gx.ExpectationSuite, key_columns: list[str], docs_dir: Path
 ) -> ValidationReport:
+    report = _run(df, suite, key_columns, docs_dir)
+    if not report.success:
+        raise ValidationFailed(report)
+    return report
+
+
+def _run(
+    df: DataFrame | pd.DataFrame,
+    suite: gx.ExpectationSuite,
+    key_columns: list[str],
+    docs_dir: Path,
+    unit: str = "rows",
+) -> ValidationReport:
+    """Run one suite on a Spark or pandas frame through a checkpoint that updates the Data Docs."""
     docs_dir = Path(docs_dir).resolve()
     docs_dir.mkdir(parents=True, exist_ok=True)
+    spark = not isinstance(df, pd.DataFrame)
     with _LOCK:
         ctx = _context(docs_dir)
         suite = ctx.suites.add_or_update(suite)
-        batch = ctx.data_sources.get(DATASOURCE).get_asset(suite.name).get_batch_definition(suite.name)
         definition = ctx.validation_definitions.add_or_update(
-            gx.ValidationDefinition(name=suite.name, data=batch, suite=suite)
+            gx.ValidationDefinition(
+                name=suite.name, data=_batch_definition(ctx, suite.name, spark), suite=suite
+            )
         )
         checkpoint = ctx.checkpoints.add_or_update(
             gx.Checkpoint(
@@ -304,43 +497,43 @@ def _validate(
                 },
             )
         )
-        was_cached = df.is_cached
+        release = spark and not df.is_cached  # GX persists a Spark batch and never releases it
         try:
             result = checkpoint.run(batch_parameters={"dataframe": df})
         finally:
-            if not was_cached:
-                df.unpersist()  # GX persists the batch and never releases it
+            if release:
+                df.unpersist()
     (validation,) = result.run_results.values()
     order = {expectation.id: i for i, expectation in enumerate(suite.expectations)}  # GX reorders results
     index = docs_dir / "index.html"
-    report = ValidationReport(
+    return ValidationReport(
         suite=suite.name,
         success=bool(validation.success),
         results=[
-            _outcome(r, key_columns)
+            _outcome(r, key_columns, unit)
             for r in sorted(validation.results, key=lambda r: order[r.expectation_config.id])
         ],
         docs_index=index if index.exists() else None,
     )
-    if not report.success:
-        raise ValidationFailed(report)
-    return report
 
 
-def _outcome(result: Any, key_columns: list[str]) -> ExpectationOutcome:
+def _outcome(result: Any, key_columns: list[str], unit: str) -> ExpectationOutcome:
     config = result.expectation_config
     kwargs = config.kwargs
     columns = _columns(kwargs)
     found = result.result or {}
     shown = key_columns + [c for c in columns if c not in key_columns]
     condition = kwargs.get("row_condition")
+    rows = found.get("unexpected_rows")
+    if isinstance(rows, pd.DataFrame):  # pandas batches give a frame, Spark ones a list of dicts
+        rows = rows.to_dict("records")
     return ExpectationOutcome(
         expectation=config.type,
         column=", ".join(columns) or None,
         success=bool(result.success),
         unexpected_count=found.get("unexpected_count"),
         element_count=found.get("element_count"),
-        sample=[{c: row.get(c) for c in shown if c in row} for row in found.get("unexpected_rows") or []],
+        sample=[{c: row.get(c) for c in shown if c in row} for row in rows or []],
         condition=repr(deserialize_row_condition(condition)) if condition else None,
         observed=found.get("observed_value"),
         expected=", ".join(
@@ -348,6 +541,7 @@ def _outcome(result: Any, key_columns: list[str]) -> ExpectationOutcome:
         ),
         notes=config.notes,
         error=_error(result.exception_info),
+        unit=unit,
     )
 
 
