@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := var/demo
 DEMO_DATE := 2026-11-01
 
-.PHONY: install java demo test lint clean
+.PHONY: install java chromium demo test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 
 java:
 	@bash .ci/ensure-java
+
+# Headless Chromium for the report's browser test (the test skips, saying why, where it cannot be had).
+chromium:
+	@bash .ci/ensure-chromium
 
 install: $(STAMP) java
 
@@ -26,7 +30,7 @@ demo: install
 	$(BIN)/nightrec recs --config configs/demo.toml --limit 10
 
 # pytest exits 5 when it collected no test: an empty selection must not pass.
-test: install
+test: install chromium
 	@$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
