@@ -8,7 +8,7 @@ min(K, |test items|), Hit@K = share of judged users with a hit; all averaged ove
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -56,41 +56,4 @@ def topk_metrics(recs: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> dict[s
         f"recall@{k}": float((hit_all / n_test).mean()),
         f"ndcg@{k}": float((dcg_all / ideal).mean()),
         f"hit@{k}": float((hit_all > 0).mean()),
-    }
-
-
-def popularity_peer(
-    history: pd.DataFrame, users: list[str], run_date: date, k: int, days: int = 90
-) -> pd.DataFrame:
-    """The Pop peer: items by event count over the `days` before D, minus each user's seen items."""
-    recent = history[
-        pd.to_datetime(history["ts"], utc=True) >= pd.Timestamp(run_date - timedelta(days=days), tz="UTC")
-    ]
-    ranking = recent.groupby("item_id").size().sort_values(ascending=False, kind="stable").index.tolist()
-    seen = history.groupby("user_id")["item_id"].agg(set)
-    rows = []
-    for user in users:
-        mine = seen.get(user, set())
-        picks = [i for i in ranking[: k + len(mine)] if i not in mine][:k]
-        rows += [(user, item, rank) for rank, item in enumerate(picks, start=1)]
-    return pd.DataFrame(rows, columns=["user_id", "item_id", "rank"])
-
-
-def evaluate_night(
-    landing: str,
-    published: pd.DataFrame,
-    run_date: date,
-    event_types: list[str],
-    lookback_days: int,
-    k: int = 10,
-    horizon_days: int = 14,
-) -> dict[str, dict[str, float]]:
-    """The published rows of `run_date` and the Pop peer, judged on the `horizon_days` after it."""
-    history = read_events(landing, run_date - timedelta(days=lookback_days), run_date, event_types)
-    future = read_events(landing, run_date, run_date + timedelta(days=horizon_days), event_types)
-    truth = judged_pairs(history, future)
-    users = sorted(truth["user_id"].unique())
-    return {
-        "model": topk_metrics(published, truth, k),
-        "pop": topk_metrics(popularity_peer(history, users, run_date, k), truth, k),
     }

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, date, datetime
 
 import pandas as pd
 import pytest
 
-from model.evaluation import judged_pairs, popularity_peer, topk_metrics
+from model.evaluation import judged_pairs, topk_metrics
 
 
 def recs(rows):
@@ -39,17 +38,3 @@ def test_test_set_keeps_judged_users_and_known_items():
     history = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"]})
     future = pd.DataFrame({"user_id": ["a", "a", "c", "b"], "item_id": ["y", "new", "x", "y"]})
     assert sorted(map(tuple, judged_pairs(history, future).to_numpy())) == [("a", "y"), ("b", "y")]
-
-
-def test_popularity_peer_skips_seen_and_old_events():
-    ts = lambda d: datetime(2026, 10, d, tzinfo=UTC)  # noqa: E731
-    history = pd.DataFrame(
-        {
-            "user_id": ["a", "b", "c", "c", "d"],
-            "item_id": ["x", "x", "x", "y", "old"],
-            "ts": [ts(20), ts(21), ts(22), ts(22), ts(1)],
-        }
-    )
-    top = popularity_peer(history, ["a", "z"], date(2026, 10, 25), k=2, days=10)
-    assert top[top["user_id"] == "a"]["item_id"].tolist() == ["y"]  # x is seen; "old" is outside 10 days
-    assert top[top["user_id"] == "z"]["item_id"].tolist() == ["x", "y"]
