@@ -2,7 +2,12 @@
 
 The flow only orchestrates: each task calls one function of jobs/ or model/ and hands paths, not data, to
 the next, so any step can be rerun or inspected from the run directory. A run of date D reads only events
-before D, and what it publishes for D replaces D's rows in one transaction.
+before D, and what it publishes for D replaces D's rows in one transaction. Without a date a run publishes
+the day before its scheduled start (flows/run_date.py).
+
+A failed run leaves three traces, each written even if another cannot be: the flow run ends Failed with
+the original exception, the runs row is 'failed' with the step and the error, and a `nightly-failure`
+artifact says the same; a webhook is notified when one is configured (flows/notify.py).
 """
 
 from __future__ import annotations
@@ -16,10 +21,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.notify import failure_message, post_json, webhook_url
+from flows.run_date import resolve_run_date
+from flows.store import open_store
+from flows.train import TrainedModel, run_dir_for, train_in_process, train_remotely
+from jobs.warehouse import redact
 from nightrec.config import Config, load_config
 
 T = TypeVar("T")
@@ -36,9 +46,8 @@ class RunPaths:
 
     @classmethod
     def for_run(cls, cfg: Config, run_date: date) -> RunPaths:
-        work = Path(cfg.data.workdir)
-        run_dir = work / "runs" / run_date.isoformat()
-        return cls(run_dir, run_dir / "features", run_dir / "data_docs", work / "models")
+        run_dir = run_dir_for(cfg, run_date)
+        return cls(run_dir, run_dir / "features", run_dir / "data_docs", Path(cfg.data.workdir) / "models")
 
 
 @dataclass
@@ -52,6 +61,7 @@ class RunOutcome:
     row_counts: dict[str, int] = field(default_factory=dict)
     step_timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    step: str = "start"  # the step running now; after a failure, the one that failed
 
 
 @task(name="validate-events", cache_policy=NO_CACHE)
@@ -87,10 +97,14 @@ def validate_features_step(cfg: Config, paths: RunPaths) -> None:
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_step(cfg: Config, run_date: date, paths: RunPaths, show_progress: bool):
-    from model.train import train_model
-
-    return train_model(paths.features, cfg, run_date, paths.models, show_progress=show_progress)
+def train_step(
+    cfg: Config, run_date: date, config_path: str, workdir: str | None, show_progress: bool
+) -> TrainedModel:
+    """On the `train` deployment's (GPU) workers when the config names one, else in this process."""
+    deployment = cfg.orchestration.train_deployment
+    if deployment:
+        return train_remotely(deployment, config_path, run_date, workdir, cfg)
+    return train_in_process(cfg, run_date, show_progress, flow_run_id=flow_run.get_id())
 
 
 @task(name="score", cache_policy=NO_CACHE)
@@ -102,14 +116,32 @@ def score_step(cfg: Config, model_dir: Path, paths: RunPaths, show_progress: boo
     return recs
 
 
+@task(name="validate-recommendations", cache_policy=NO_CACHE)
+def validate_recommendations_step(cfg: Config, recs, paths: RunPaths) -> None:
+    """The scored rows against the run's seen pairs and catalogue, before anything is published."""
+    from jobs.validation import validate_recommendations
+    from model.data import read_features
+    from nightrec import schema as S
+
+    seen = read_features(paths.features, S.SEEN).select([S.USER_ID, S.ITEM_ID])
+    catalogue_size = read_features(paths.features, S.ITEMS).num_rows
+    validate_recommendations(recs, seen, catalogue_size, cfg, paths.data_docs)
+
+
 @task(name="publish", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
 def publish_step(cfg: Config, run_date: date, recs, outcome: RunOutcome) -> int:
     """Replace the run date's rows and mark the run published, in one warehouse transaction."""
-    from jobs.warehouse import Warehouse
-
-    with Warehouse(cfg.data.warehouse) as wh:
+    with open_store(cfg) as wh:
         wh.ensure_schema(cfg.task_names())
         return wh.publish(run_date, recs, _record(outcome, "published"))
+
+
+@task(name="parquet-output", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
+def parquet_output_step(recs, run_date: date, uri: str) -> str:
+    """The published rows as the date's Parquet partition: after the warehouse, its source of truth."""
+    from jobs.parquet_output import write_parquet_output
+
+    return write_parquet_output(recs, run_date, uri)
 
 
 def _record(outcome: RunOutcome, status: str):
@@ -130,14 +162,13 @@ def _record(outcome: RunOutcome, status: str):
 
 
 def _save_run(cfg: Config, outcome: RunOutcome, status: str) -> None:
-    from jobs.warehouse import Warehouse
-
-    with Warehouse(cfg.data.warehouse) as wh:
+    with open_store(cfg) as wh:
         wh.ensure_schema(cfg.task_names())
         wh.record_run(_record(outcome, status))
 
 
 def _timed(outcome: RunOutcome, step: str, call: Callable[[], T]) -> T:
+    outcome.step = step
     start = time.perf_counter()
     try:
         return call()
@@ -151,17 +182,82 @@ def _summary_markdown(outcome: RunOutcome, cfg: Config) -> str:
         "",
         f"- model version: `{outcome.model_version}`",
         f"- rows: {outcome.row_counts}",
-        f"- warehouse: `{cfg.data.warehouse}`",
+        f"- warehouse: `{redact(cfg.data.warehouse)}`",
     ]
-    if outcome.error:
-        lines += ["", "## Error", "", "```", outcome.error, "```"]
-    lines += ["", "## Step timings (s)", "", "| step | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in outcome.step_timings.items()]
-    return "\n".join(lines)
+    return "\n".join(lines + _timings_lines(outcome))
+
+
+def _timings_lines(outcome: RunOutcome) -> list[str]:
+    lines = ["", "## Step timings (s)", "", "| step | seconds |", "|---|---|"]
+    return lines + [f"| {k} | {v} |" for k, v in outcome.step_timings.items()]
 
 
 def _metrics_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"task": task_name, **values} for task_name, values in metrics.get("tasks", {}).items()]
+
+
+def _failure_markdown(outcome: RunOutcome, cfg: Config | None) -> str:
+    lines = [
+        f"# nightrec run {outcome.run_date} failed at step `{outcome.step}`",
+        "",
+        f"- flow run: `{outcome.run_id}`",
+        f"- warehouse: `{redact(cfg.data.warehouse) if cfg else 'unknown: the config did not load'}`",
+        "- nothing was published for this date; the previous recommendations stay in place",
+        "",
+        "## Error",
+        "",
+        "```",
+        outcome.error or "",
+        "```",
+    ]
+    return "\n".join(lines + (_timings_lines(outcome) if outcome.step_timings else []))
+
+
+def _publish_report(cfg: Config, run_date: date) -> None:
+    """Render the run's HTML report and link it from a Prefect artifact; a report never fails a run."""
+    from nightrec.report import render_report
+
+    logger = get_run_logger()
+    try:
+        path = render_report(cfg, run_date).resolve()
+        create_link_artifact(
+            link=path.as_uri(), link_text=f"report {run_date}", key="nightly-report", description="Run report"
+        )
+    except Exception as report_exc:
+        logger.error("could not render the run report: %r", report_exc)
+
+
+def _report_failure(cfg: Config | None, outcome: RunOutcome, exc: BaseException) -> None:
+    """Record the failure everywhere it should show. Each part is guarded: none may hide `exc`."""
+    logger = get_run_logger()
+    outcome.status = "failed"
+    outcome.error = f"[{outcome.step}] {type(exc).__name__}: {exc}"
+    if cfg is not None:
+        try:
+            _save_run(cfg, outcome, "failed")
+        except Exception as record_exc:
+            logger.error("could not record the failed run in the warehouse: %r", record_exc)
+    try:
+        create_markdown_artifact(
+            _failure_markdown(outcome, cfg),
+            key="nightly-failure",
+            description=f"nightly {outcome.run_date} failed at {outcome.step}",
+        )
+    except Exception as artifact_exc:
+        logger.error("could not create the failure artifact: %r", artifact_exc)
+    if cfg is not None:
+        _publish_report(cfg, outcome.run_date)
+    url = webhook_url(cfg.notify.webhook_url if cfg is not None else None)
+    if url:
+        message = failure_message(
+            run_date=outcome.run_date.isoformat(),
+            step=outcome.step,
+            error=f"{type(exc).__name__}: {exc}",
+            flow_run_id=outcome.run_id,
+            flow_run_name=flow_run.get_name(),
+        )
+        sent = post_json(url, message)
+        logger.info("failure notification %s", "sent" if sent else "could not be sent")
 
 
 @flow(name="nightly", log_prints=True)
@@ -172,17 +268,24 @@ def nightly(
     workdir: str | None = None,
     warehouse: str | None = None,
     show_progress: bool = True,
+    schedule_timezone: str = "UTC",
 ) -> dict[str, Any]:
-    """Publish the top-K recommendations for `run_date` (default: today, UTC) from the events before it."""
+    """Publish the top-K recommendations for `run_date` from the events before it.
+
+    Without `run_date`: the day before the run's scheduled start in `schedule_timezone` (the timezone of
+    the deployment's schedule), so a run scheduled for Nov 2 02:00 publishes Nov 1.
+    """
     logger = get_run_logger()
-    run_date = run_date or datetime.now(UTC).date()
-    cfg = load_config(config_path, landing=landing, workdir=workdir, warehouse=warehouse)
-    paths = RunPaths.for_run(cfg, run_date)
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    run_date = resolve_run_date(run_date, schedule_timezone)
     run_id = str(flow_run.get_id() or uuid.uuid4())
-    outcome = RunOutcome(run_id=run_id, run_date=run_date, status="running")
-    _save_run(cfg, outcome, "running")
+    outcome = RunOutcome(run_id=run_id, run_date=run_date, status="running", step="load_config")
+    cfg: Config | None = None
     try:
+        cfg = load_config(config_path, landing=landing, workdir=workdir, warehouse=warehouse)
+        paths = RunPaths.for_run(cfg, run_date)
+        paths.run_dir.mkdir(parents=True, exist_ok=True)
+        outcome.step = "record_start"
+        _save_run(cfg, outcome, "running")
         outcome.row_counts["events"] = _timed(
             outcome, "validate_events", lambda: validate_events_step(cfg, run_date, paths)
         )
@@ -190,19 +293,31 @@ def nightly(
             _timed(outcome, "features", lambda: build_features_step(cfg, run_date, paths))
         )
         _timed(outcome, "validate_features", lambda: validate_features_step(cfg, paths))
-        trained = _timed(outcome, "train", lambda: train_step(cfg, run_date, paths, show_progress))
+        trained = _timed(
+            outcome, "train", lambda: train_step(cfg, run_date, config_path, workdir, show_progress)
+        )
         outcome.model_version, outcome.metrics = trained.version, trained.metrics
-        recs = _timed(outcome, "score", lambda: score_step(cfg, trained.model_dir, paths, show_progress))
+        recs = _timed(
+            outcome, "score", lambda: score_step(cfg, Path(trained.model_dir), paths, show_progress)
+        )
         outcome.row_counts["recommendations"] = len(recs)
+        _timed(outcome, "validate_recommendations", lambda: validate_recommendations_step(cfg, recs, paths))
         outcome.status = "published"
         _timed(outcome, "publish", lambda: publish_step(cfg, run_date, recs, outcome))
+        if cfg.data.parquet_output:
+            # A failure here marks the run failed: `latest_recommendations` then keeps showing the previous
+            # date, which is also what the Parquet readers still see. A rerun of the date repairs both.
+            _timed(
+                outcome,
+                "parquet_output",
+                lambda: parquet_output_step(recs, run_date, cfg.data.parquet_output),
+            )
+        # The runs row was written inside the publish transaction, before its own timing existed.
+        _save_run(cfg, outcome, "published")
     except Exception as exc:
-        outcome.status, outcome.error = "failed", f"{type(exc).__name__}: {exc}"
-        _save_run(cfg, outcome, "failed")
-        create_markdown_artifact(
-            _summary_markdown(outcome, cfg), key="nightly-summary", description="Failed run"
-        )
+        _report_failure(cfg, outcome, exc)
         raise
+    _publish_report(cfg, run_date)
     create_table_artifact(
         _metrics_rows(outcome.metrics), key="nightly-metrics", description="Validation metrics"
     )
@@ -223,6 +338,6 @@ def nightly(
         "metrics": outcome.metrics,
         "row_counts": outcome.row_counts,
         "step_timings": outcome.step_timings,
-        "warehouse": cfg.data.warehouse,
+        "warehouse": redact(cfg.data.warehouse),
         "run_dir": str(paths.run_dir),
     }

@@ -270,7 +270,7 @@ class WarehouseBase(ABC):
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
 
     @abstractmethod
-    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
     @abstractmethod
     def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame: ...
@@ -323,7 +323,7 @@ class WarehouseBase(ABC):
         def write() -> None:
             self._create_schema([])
             if run.status == PUBLISHED:
-                rows = self._fetch(
+                rows = self.fetch(
                     f"SELECT status FROM {self.dialect.table('runs')} WHERE run_id = {self.dialect.param}",
                     [run.run_id],
                 )
@@ -362,12 +362,12 @@ class WarehouseBase(ABC):
     def published_dates(self) -> list[date]:
         """The dates with a published run, oldest first; none in a warehouse nothing was written to yet."""
         d = self.dialect
-        if not self._fetch(
+        if not self.fetch(
             f"SELECT 1 FROM information_schema.tables WHERE table_schema = {d.param} AND table_name = 'runs'",
             [self.schema],
         ):
             return []
-        rows = self._fetch(
+        rows = self.fetch(
             f"SELECT DISTINCT run_date FROM {d.table('runs')} WHERE status = {d.param} ORDER BY run_date",
             [PUBLISHED],
         )
@@ -394,6 +394,14 @@ class WarehouseBase(ABC):
         for name in JSON_FIELDS:
             frame[name] = [json.loads(v) if isinstance(v, str) else v for v in frame[name]]
         return frame
+
+    def recommendations_for(self, run_date: date) -> pd.DataFrame:
+        """The published rows of one run date (whether or not it is the latest), by user then rank."""
+        d = self.dialect
+        return self._frame(
+            f"SELECT * FROM {d.table('recommendations')} WHERE run_date = {d.param} ORDER BY user_id, rank",
+            [run_date],
+        )
 
     def query(self, sql: str) -> pd.DataFrame:
         """Any read of your own, as a DataFrame (for checks and ad-hoc inspection: the tables are unqualified)."""
@@ -487,7 +495,7 @@ class Warehouse(WarehouseBase):
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.con.execute(sql, list(params))
 
-    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.con.execute(sql, list(params)).fetchall()
 
     def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:

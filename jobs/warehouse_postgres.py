@@ -166,7 +166,7 @@ class PostgresWarehouse(WarehouseBase):
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.con.execute(sql, list(params))
 
-    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.con.execute(sql, list(params)).fetchall()
 
     def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
@@ -201,14 +201,14 @@ class PostgresWarehouse(WarehouseBase):
         if self._schema_is_complete(task_columns):
             return
         self._execute("SELECT pg_advisory_xact_lock(CAST(%s AS INTEGER), 0)", [self._lock_space])
-        if not self._fetch("SELECT 1 FROM pg_namespace WHERE nspname = %s", [self.schema]):
+        if not self.fetch("SELECT 1 FROM pg_namespace WHERE nspname = %s", [self.schema]):
             self._execute(f"CREATE SCHEMA {_ident(self.schema)}")
         super()._create_schema(task_columns)
 
     def _schema_is_complete(self, task_columns: list[str]) -> bool:
         """Whether both tables, every column and an up-to-date view exist, read from the catalog."""
         columns: dict[str, set[str]] = defaultdict(set)
-        for table, column in self._fetch(
+        for table, column in self.fetch(
             "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = %s",
             [self.schema],
         ):

@@ -273,7 +273,7 @@ def _sql(wh: WarehouseBase, text: str, params: Sequence[Any] = ()) -> list[tuple
     both accept.
     """
     d = wh.dialect
-    return wh._fetch(text.format(p=d.param, runs=d.table("runs"), recs=d.table("recommendations")), params)
+    return wh.fetch(text.format(p=d.param, runs=d.table("runs"), recs=d.table("recommendations")), params)
 
 
 def _sources(cfg: Config, run_date: date, run_dir: Path, out_dir: Path, wh: WarehouseBase | None) -> Sources:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
+import threading
 from datetime import date
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import duckdb
@@ -139,3 +143,123 @@ def test_invalid_logs_fail_validation_and_keep_the_published_table(night, tmp_pa
     assert after.equals(before)
     last = runs(root / "warehouse.duckdb").iloc[-1]
     assert last["status"] == "failed" and "expect_column_values_to_be_in_set" in last["error"]
+
+
+class Webhook:
+    """A tiny HTTP endpoint on loopback that keeps the JSON bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+                received.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:  # keep the test output clean
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/nightrec?token=s3cr3t-t0ken"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Webhook:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def failure_artifacts(flow_run_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["nightly-failure"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            )
+        )
+
+
+def test_a_failed_run_is_failed_everywhere_and_notifies_the_webhook(night, tmp_path, caplog):
+    """No landing zone: the flow run fails at validate_events, and the runs row, an artifact and the
+    webhook all say so; the webhook's token shows up nowhere."""
+    from flows.nightly import nightly
+
+    root, config = night
+    with Webhook() as hook:
+        broken = tmp_path / "config.toml"
+        broken.write_text(config.read_text() + f'\n[notify]\nwebhook_url = "{hook.url}"\n')
+        state = nightly(
+            run_date=date(2026, 11, 3),
+            config_path=str(broken),
+            landing=str(tmp_path / "no-such-landing"),
+            show_progress=False,
+            return_state=True,
+        )
+    assert state.is_failed()
+
+    [(path, message)] = hook.received
+    assert path == "/hooks/nightrec?token=s3cr3t-t0ken"
+    assert message["step"] == "validate_events" and message["run_date"] == "2026-11-03"
+    assert "no-such-landing" in message["error"]
+    assert message["flow_run_id"] == str(state.state_details.flow_run_id)
+
+    last = runs(root / "warehouse.duckdb").iloc[-1]
+    assert last["status"] == "failed" and str(last["run_date"]).startswith("2026-11-03")
+    assert last["error"].startswith("[validate_events] ")
+
+    [artifact] = failure_artifacts(state.state_details.flow_run_id)
+    assert "`validate_events`" in artifact.data and "no-such-landing" in artifact.data
+    assert not any("s3cr3t" in text for text in (artifact.data, last["error"], caplog.text))
+
+
+def test_a_failing_webhook_does_not_mask_the_error(night, tmp_path, monkeypatch):
+    from flows.nightly import nightly
+
+    _, config = night
+    with socket.socket() as s:  # a port nobody listens on: the connection is refused
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setenv("NIGHTREC_WEBHOOK_URL", f"http://127.0.0.1:{closed}/hook")
+    with pytest.raises(Exception, match="no-such-landing") as failure:
+        nightly(
+            run_date=date(2026, 11, 3),
+            config_path=str(config),
+            landing=str(tmp_path / "no-such-landing"),
+            show_progress=False,
+        )
+    assert "URLError" not in type(failure.value).__name__
+
+
+def test_evaluate_judges_a_published_night_beside_the_peers(night, capsys):
+    """`nightrec evaluate` on an earlier published night, judged on the days the landing zone has after it."""
+    from flows.nightly import nightly
+    from nightrec.cli import main
+
+    root, config = night
+    earlier = date(2026, 10, 29)
+    nightly(run_date=earlier, config_path=str(config), show_progress=False)
+    assert (root / "work/runs/2026-10-29/report.html").is_file(), "every run writes its report"
+
+    capsys.readouterr()
+    assert (
+        main(["evaluate", "--date", earlier.isoformat(), "--config", str(config), "--horizon", "3", "--json"])
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["judged_on"] == ["click"]
+    assert set(result) >= {"model", "pop", "itemknn", "ease"}
+    judged = result["model"]["users"]
+    assert judged > 0 and all(result[peer]["users"] == judged for peer in ("pop", "itemknn", "ease"))
+    for peer in ("model", "pop", "itemknn", "ease"):
+        assert 0.0 <= result[peer]["ndcg@10"] <= 1.0 and 0.0 <= result[peer]["hit@10"] <= 1.0
