@@ -26,7 +26,6 @@ install: $(STAMP) java
 demo: install
 	$(BIN)/nightrec generate --out $(DEMO)/landing --users 1000 --items 300 --days 30 --seed 7 --end-date $(DEMO_DATE)
 	$(BIN)/nightrec run --date $(DEMO_DATE) --config configs/demo.toml
-	@echo "Warehouse: $(CURDIR)/$(DEMO)/warehouse.duckdb (view latest_recommendations)"
 	$(BIN)/nightrec recs --config configs/demo.toml --limit 10
 
 # pytest exits 5 when it collected no test: an empty selection must not pass.

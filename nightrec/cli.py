@@ -1,21 +1,80 @@
-"""The `nightrec` command line: make data, run a night or a range of nights, serve the schedule.
+"""The `nightrec` command line: make data, run a night or a range of nights, read what was published.
 
-Exit codes: 0 success (published), 1 the run failed, 2 bad usage, 3 the input failed validation.
-Heavy libraries (Spark, torch, Prefect) are imported inside the commands that need them, so `--help` and
-the data commands answer at once.
+It behaves like the tools people already script around: human output by default, `--json` for one JSON
+document on stdout, `--quiet` for no progress bars or log lines, one line on stderr for an error (with a
+hint), the traceback only with `--debug`, and exit codes that say what happened (EPILOG). Heavy libraries
+(Spark, torch, Prefect) are imported inside the commands that need them, so `--help` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import sys
-from datetime import date
+import time
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-EXIT_FAILED, EXIT_USAGE, EXIT_INVALID = 1, 2, 3
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from nightrec.config import Config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID = 0, 1, 2, 3
+
+DESCRIPTION = """\
+Nightly batch recommendations: make data, run a night or a range of nights,
+read what was published."""
+
+EPILOG = """\
+exit codes:
+  0  success; for run and backfill: published
+  1  the command failed; a failed run publishes nothing (`nightrec runs` and
+     the run's report.html say why)
+  2  bad usage: an unknown option, a bad date, a missing or invalid config
+  3  the input failed validation: the failed expectations are printed and
+     nothing was published
+
+--quiet and --debug go before or after the command; --json is on run,
+backfill, evaluate, recs, runs, generate and import.
+
+docs: docs/getting-started.md   a first run, then your own data
+      docs/configuration.md     every config key
+      docs/operations.md        schedules, workers, backfills
+      docs/warehouse.md         the published tables
+`nightrec COMMAND --help` lists the options of a command."""
+
+
+class CliError(Exception):
+    """A failure the command line states in one line (no traceback unless --debug), with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error: the message and where the help is, not the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+class _MainHelp(argparse.RawDescriptionHelpFormatter):
+    """The epilog as written, and every command's description on its own line, config-docs included.
+
+    argparse measures the option strings but not the indented command names, so it would put the longest
+    command name on a line of its own: reserve its width (argparse's private `_action_max_length`).
+    """
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=24)
+        self._action_max_length = len("    config-docs")
 
 
 def _date(text: str) -> date:
@@ -35,11 +94,127 @@ def _timezone(text: str) -> str:
     return text
 
 
-def _quiet_defaults() -> None:
+def one_line(exc: BaseException, limit: int = 400) -> str:
+    """`Type: first line of the message`: Spark and Java errors carry whole stack traces in their text."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(lines) > 1 or len(text) > limit:
+        text = text[:limit].rstrip() + " …"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# -- config -------------------------------------------------------------------------------------------------
+
+
+def load(path: str, **overrides: str | None) -> Config:
+    """The config, or a CliError (exit 2) naming the file and the key at fault."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from nightrec.config import load_config
+
+    if not Path(path).is_file():
+        raise CliError(f"no config at {path} (the configs/ folder has examples)", EXIT_USAGE)
+    try:
+        return load_config(path, **overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise CliError(f"config {path} is not valid TOML: {exc}", EXIT_USAGE) from exc
+    except ValidationError as exc:
+        problems = "; ".join(_config_problem(e) for e in exc.errors())
+        raise CliError(
+            f"config {path}: {problems} (docs/configuration.md lists every key)", EXIT_USAGE
+        ) from exc
+
+
+def _config_problem(error: Any) -> str:
+    """One pydantic error as `tasks.1.parent: message`; a rule across fields has no location."""
+    where = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+# -- output -------------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """A value of a DataFrame row or a result dict, as JSON has it: dates as ISO text, NaN/NaT as null."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):  # a numpy scalar or array
+        return _plain(value.tolist())
+    import pandas as pd
+
+    if pd.api.types.is_scalar(value) and pd.isna(value):  # None, NaN, NaT, pd.NA
+        return None
+    if isinstance(value, date):  # datetime and pandas.Timestamp too
+        return value.isoformat()
+    return value
+
+
+def print_json(document: Any) -> None:
+    """The one JSON document of a `--json` command: nothing else goes to stdout."""
+    print(json.dumps(_plain(document), indent=2, allow_nan=False))
+
+
+def _as_date(value: Any) -> Any:
+    return value.date() if isinstance(value, datetime) else value
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows as JSON has them; `run_date` as a date (DuckDB hands DATE columns to pandas as timestamps)."""
+    if "run_date" in frame:
+        frame = frame.assign(run_date=[_as_date(d) for d in frame["run_date"]])
+    return [_plain(row) for row in frame.to_dict("records")]
+
+
+# -- Prefect's console ----------------------------------------------------------------------------------------
+
+
+def _prefect_settings() -> None:
     """Prefect settings for a command-line run: no telemetry, enough time for a cold embedded server."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+class _EngineFailures(logging.Filter):
+    """Prefect's engine logs a failed task or flow at ERROR with its whole traceback. The command line states
+    the same failure in one line, so the console drops those records; the Prefect API (and UI) still gets them,
+    and `--debug` keeps them on the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.module in ("flow_engine", "task_engine"))
+
+
+_ENGINE_FAILURES = _EngineFailures()
+
+
+def prefect_console(quiet: bool, debug: bool) -> None:
+    """Set Prefect's console handler for this process: `quiet` hides INFO lines (Prefect's, and those of the
+    libraries logging through it), no `debug` hides the engine's failure tracebacks.
+
+    Only the console handler changes, never the log levels, so the runs' logs in Prefect stay complete. The
+    setting holds for the rest of the process, not just the command: the embedded server logs its "Stopping"
+    line at interpreter exit, after the command has returned.
+    """
+    _prefect_settings()
+    import prefect.main  # noqa: F401  (configures Prefect's logging, which is adjusted below)
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            if quiet:
+                handler.setLevel(max(handler.level, logging.WARNING))
+            if debug:
+                handler.removeFilter(_ENGINE_FAILURES)
+            else:
+                handler.addFilter(_ENGINE_FAILURES)
+
+
+# -- data commands -------------------------------------------------------------------------------------------
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -47,8 +222,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     kwargs = {"end_date": args.end_date} if args.end_date else {}
     summary = generate(Path(args.out), args.users, args.items, args.days, args.seed, **kwargs)
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
+    if args.json:
+        print_json(summary)
+        return EXIT_OK
+    events = summary["events"]
+    per_type = ", ".join(f"{n} {kind}" for kind, n in events.items())
+    print(
+        f"wrote {args.out}: {sum(events.values())} events ({per_type}) of {summary['users']} users on "
+        f"{summary['items']} items ({summary['new_items']} new), {summary['first_day']} .. {summary['last_day']}"
+    )
+    return EXIT_OK
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -57,41 +240,129 @@ def cmd_import(args: argparse.Namespace) -> int:
     summary = import_movielens(
         Path(args.source), Path(args.out), Path(args.ratings) if args.ratings else None
     )
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
+    if args.json:
+        print_json(summary)
+        return EXIT_OK
+    print(
+        f"wrote {args.out}: {summary['events']} rating events of {summary['users']} users on "
+        f"{summary['items']} items (MovieLens {summary['format'].upper()}), {summary['first_day']} .. {summary['last_day']}"
+    )
+    return EXIT_OK
+
+
+# -- run, backfill ---------------------------------------------------------------------------------------------
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str | None]:
+    return {"landing": args.landing, "workdir": args.workdir, "warehouse": args.warehouse}
+
+
+def _yesterday() -> date:
+    """What the flow publishes without a date (flows/run_date.py): the day before now, in UTC."""
+    from flows.run_date import day_before
+
+    return day_before(datetime.now(UTC))
+
+
+def failed_step(cfg: Config, run_date: date, since: datetime) -> str | None:
+    """The step at which the run of `run_date` started after `since` failed, as the runs table records it.
+
+    The table is the record every run writes, whoever started it; None where it cannot be read (a failure
+    before the run was recorded, an unreachable warehouse).
+    """
+    from flows.store import open_store
+
+    try:
+        with open_store(cfg, read_only=True) as wh:
+            runs = wh.runs(limit=20)
+    except Exception:
+        return None
+    for row in runs.to_dict("records"):
+        started = row["started_at"]
+        if (
+            _as_date(row["run_date"]) == run_date
+            and row["status"] == "failed"
+            and started is not None
+            and started >= since
+        ):
+            found = re.match(r"\[(\w+)\]", row["error"] or "")
+            return found.group(1) if found else None
+    return None
+
+
+def _recs_command(args: argparse.Namespace) -> str:
+    parts = ["nightrec recs", "--config", args.config]
+    if args.warehouse:
+        parts += ["--warehouse", args.warehouse]
+    return " ".join(parts)
+
+
+def run_summary(result: dict[str, Any], cfg: Config, seconds: float, next_command: str) -> str:
+    """What a person wants after a night: what was published, how good the model looked, where to look."""
+    rows = result["row_counts"]
+    lines = [
+        f"published {result['run_date']}: {rows.get('recommendations')} rows, top {cfg.scoring.top_k} for "
+        f"{rows.get('users')} users; model {result['model_version']} ({seconds:.0f} s)"
+    ]
+    for task, metrics in result["metrics"].get("tasks", {}).items():
+        shown = ", ".join(
+            f"{k} {metrics[k]:.3f}" for k in ("auc", "logloss", "rmse") if metrics.get(k) is not None
+        )
+        lines.append(
+            f"  {task:<10} {shown or 'no labelled validation examples'} (validation, n={metrics['n']})"
+        )
+    lines += [
+        f"  report     {Path(result['run_dir']) / 'report.html'}",
+        f"  warehouse  {result['warehouse']} (view latest_recommendations)",
+        f"  next       {next_command}",
+    ]
+    return "\n".join(lines)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _quiet_defaults()
+    cfg = load(args.config, **_overrides(args))
+    run_date = args.date or _yesterday()
+    started, clock = datetime.now(UTC), time.perf_counter()
+    prefect_console(args.quiet, args.debug)
     from flows.nightly import nightly
+    from flows.train import run_dir_for
     from jobs.validation import ValidationFailed
 
     try:
         result = nightly(
-            run_date=args.date,
-            config_path=args.config,
-            landing=args.landing,
-            workdir=args.workdir,
-            warehouse=args.warehouse,
-            show_progress=not args.quiet,
+            run_date=run_date, config_path=args.config, show_progress=not args.quiet, **_overrides(args)
         )
-    except ValidationFailed as exc:
-        print(f"nightrec: validation failed, nothing published\n{exc}", file=sys.stderr)
-        return EXIT_INVALID
     except Exception as exc:  # the flow has recorded the failure in the runs table
-        if args.debug:
+        if args.debug and not isinstance(exc, ValidationFailed):
             raise
-        print(f"nightrec: run failed, nothing published: {type(exc).__name__}: {exc}", file=sys.stderr)
+        step = failed_step(cfg, run_date, started)
+        if args.json:
+            print_json({"run_date": run_date, "status": "failed", "step": step, "error": one_line(exc)})
+        at = f" at step {step}" if step else ""
+        if isinstance(exc, ValidationFailed):
+            report = run_dir_for(cfg, run_date) / "report.html"
+            print(
+                f"nightrec: validation failed{at}, nothing published (report: {report})\n{exc}",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
+        print(
+            f"nightrec: run failed{at}: {one_line(exc)} (nothing published; --debug shows the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
-    print(json.dumps(result, indent=2, default=str))
-    return 0
+    if args.json:
+        print_json(result)
+    else:
+        print(run_summary(result, cfg, time.perf_counter() - clock, _recs_command(args)))
+    return EXIT_OK
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     if args.end < args.start:
-        print(f"nightrec: --end {args.end} is before --start {args.start}", file=sys.stderr)
-        return EXIT_USAGE
-    _quiet_defaults()
+        raise CliError(f"--end {args.end} is before --start {args.start}", EXIT_USAGE)
+    load(args.config, **_overrides(args))
+    prefect_console(args.quiet, args.debug)
     from flows.backfill import BackfillFailed, BackfillReport, backfill
 
     try:
@@ -100,22 +371,22 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             start=args.start,
             end=args.end,
             force=args.force,
-            landing=args.landing,
-            workdir=args.workdir,
-            warehouse=args.warehouse,
             show_progress=not args.quiet,
+            **_overrides(args),
         )
     except BackfillFailed as exc:
+        if args.json:
+            print_json(exc.report.to_dict())
         print(f"nightrec: backfill stopped at a failed date\n{exc.report.summary()}", file=sys.stderr)
         return EXIT_FAILED
-    except Exception as exc:  # before any date ran: a bad config, an unreadable warehouse
-        if args.debug:
-            raise
-        print(f"nightrec: backfill failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(BackfillReport.from_dict(result).summary())
-    return 0
+    if args.json:
+        print_json(result)
+    else:
+        print(BackfillReport.from_dict(result).summary())
+    return EXIT_OK
 
+
+# -- serve ------------------------------------------------------------------------------------------------------
 
 SERVE_NEEDS_SERVER = """nightrec serve: no Prefect server is configured (PREFECT_API_URL is unset).
 Prefect's embedded server runs no scheduler, so a schedule served against it would never fire.
@@ -155,9 +426,8 @@ def serve_deployment(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    if not Path(args.config).is_file():
-        print(f"nightrec serve: no config at {args.config}", file=sys.stderr)
-        return EXIT_USAGE
+    load(args.config, **_overrides(args))
+    _prefect_settings()
     if not _api_url():
         print(SERVE_NEEDS_SERVER, file=sys.stderr)
         return EXIT_USAGE
@@ -165,21 +435,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # pause_on_shutdown=False: stopping this process (a restart, a deploy) must not pause the schedule.
     serve(serve_deployment(args), pause_on_shutdown=False, limit=1)
-    return 0
+    return EXIT_OK
+
+
+# -- reading what was published ------------------------------------------------------------------------------
 
 
 def _warehouse(args: argparse.Namespace):
     """The warehouse to read: --warehouse, else the config's; the config also names a password block."""
     from jobs.warehouse import is_postgres_url, open_warehouse
-    from nightrec.config import load_config
 
     target, block = args.warehouse, None
     if target is None or Path(args.config).is_file():
-        data = load_config(args.config).data
+        data = load(args.config).data
         target, block = target or data.warehouse, data.warehouse_password_block
     if not is_postgres_url(target):
         if not Path(target).exists():
-            raise SystemExit(f"nightrec: no warehouse at {target} (run `nightrec run` first)")
+            raise CliError(f"no warehouse at {target} (run `nightrec run` first)")
         block = None  # a DuckDB file given with --warehouse: the config's PostgreSQL block does not apply
     return open_warehouse(target, read_only=True, password_block=block)
 
@@ -187,51 +459,55 @@ def _warehouse(args: argparse.Namespace):
 def cmd_recs(args: argparse.Namespace) -> int:
     with _warehouse(args) as wh:
         frame = wh.latest(user_id=args.user, limit=args.limit)
-    print(
-        frame.to_string(index=False)
-        if len(frame)
-        else f"no published recommendations for {args.user or 'anyone'}"
-    )
-    return 0
+    if args.json:
+        print_json(_records(frame))
+    elif len(frame):
+        first = _records(frame.head(1))[0]
+        print(f"published {first['run_date']} by model {first['model_version']}")
+        cols = ["user_id", "rank", "item_id", "score", *(c for c in frame if c.startswith("p_"))]
+        print(frame[cols].to_string(index=False))
+    else:
+        print(f"no published recommendations for {args.user or 'anyone'}")
+    return EXIT_OK
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     with _warehouse(args) as wh:
         frame = wh.runs(limit=args.limit)
+    if args.json:
+        print_json(_records(frame))
+        return EXIT_OK
     cols = [
         c for c in ("run_date", "status", "model_version", "started_at", "finished_at", "error") if c in frame
     ]
     print(frame[cols].to_string(index=False))
-    return 0
+    return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from nightrec.config import load_config
     from nightrec.report import render_report
 
-    cfg = load_config(args.config, workdir=args.workdir, warehouse=args.warehouse)
+    cfg = load(args.config, workdir=args.workdir, warehouse=args.warehouse)
     print(render_report(cfg, args.date, Path(args.out) if args.out else None))
-    return 0
+    return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Judge one published date on the days after it, beside the peers, by the backtest protocol."""
     from model.peers import evaluate_night
-    from nightrec.config import load_config
 
-    cfg = load_config(args.config, landing=args.landing)
+    cfg = load(args.config, landing=args.landing)
     with _warehouse(args) as wh:
         published = wh.recommendations_for(args.date)
     if published.empty:
-        print(f"nightrec: nothing published for {args.date}", file=sys.stderr)
-        return EXIT_FAILED
+        raise CliError(f"nothing published for {args.date} (`nightrec runs` lists the runs)")
     types = sorted({t for task in cfg.tasks if task.parent is None for t in task.label.event_types})
     result = evaluate_night(
         cfg.data.landing, published, args.date, types, cfg.features.lookback_days, args.k, args.horizon
     )
     if args.json:
-        print(json.dumps({"run_date": args.date.isoformat(), "judged_on": types, **result}, indent=2))
-        return 0
+        print_json({"run_date": args.date, "judged_on": types, **result})
+        return EXIT_OK
     print(f"{args.date}: judged on {', '.join(types)} events of the {args.horizon} days after")
     print(
         f"{'':10}{'users':>7}"
@@ -240,97 +516,163 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name, metrics in result.items():
         values = [metrics[f"{m}@{args.k}"] for m in ("recall", "ndcg", "hit")]
         print(f"{name:10}{metrics['users']:>7}" + "".join(f"{v:>11.4f}" for v in values))
-    return 0
+    return EXIT_OK
 
 
-def _run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="TOML config (see configs/)")
-    parser.add_argument("--landing", help="override [data] landing")
-    parser.add_argument("--workdir", help="override [data] workdir")
-    parser.add_argument("--warehouse", help="override [data] warehouse")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+def cmd_config_docs(args: argparse.Namespace) -> int:
+    from nightrec.config_docs import render, undocumented
+
+    path, text = Path(args.out), render()
+    if args.check:
+        if not path.is_file() or path.read_text() != text:
+            raise CliError(f"{path} is stale: regenerate it with `nightrec config-docs` and commit it")
+        if not args.quiet:
+            print(f"{path} is up to date")
+        return EXIT_OK
+    path.write_text(text)
+    if not args.quiet:
+        print(f"wrote {path}")
+        missing = undocumented()
+        if missing:
+            print(f"{len(missing)} keys have no description in nightrec/config.py: {', '.join(missing)}")
+    return EXIT_OK
+
+
+# -- the parser ---------------------------------------------------------------------------------------------
+
+
+def _flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--quiet and --debug, valid before or after the command: `nightrec --debug run` = `nightrec run --debug`.
+
+    The command's copies default to SUPPRESS, so an absent flag after the command keeps the value before it.
+    """
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", default=default, help="no progress bars or log lines"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="show the traceback of a failure"
+    )
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout, nothing else")
+
+
+def _config_option(parser: argparse.ArgumentParser, *overrides: str, default: str | None = None) -> None:
+    if default is None:
+        parser.add_argument(
+            "--config", required=True, help="TOML config (see configs/, docs/configuration.md)"
+        )
+    else:
+        parser.add_argument("--config", default=default, help=f"TOML config (default: {default})")
+    for key in overrides:
+        parser.add_argument(f"--{key}", help=f"override [data] {key}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nightrec", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(
+        prog="nightrec",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=_MainHelp,
+    )
+    _flags(parser, False)
+    flags = Parser(add_help=False)
+    _flags(flags, argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
-    gen = sub.add_parser("generate", help="write synthetic interaction logs to a landing zone")
+    def command(name: str, help_text: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                           parents=[flags])  # fmt: skip
+        p.set_defaults(func=func)
+        return p
+
+    gen = command("generate", "write synthetic interaction logs to a landing zone", cmd_generate)
     gen.add_argument("--out", required=True, help="landing directory to (re)write")
-    gen.add_argument("--users", type=int, default=2000)
-    gen.add_argument("--items", type=int, default=500)
-    gen.add_argument("--days", type=int, default=30)
-    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--users", type=int, default=2000, help="default 2000")
+    gen.add_argument("--items", type=int, default=500, help="default 500")
+    gen.add_argument("--days", type=int, default=30, help="days of logs before --end-date (default 30)")
+    gen.add_argument("--seed", type=int, default=7, help="the same seed writes the same logs (default 7)")
     gen.add_argument("--end-date", type=_date, help="first day after the logs (default 2026-11-01)")
-    gen.set_defaults(func=cmd_generate)
+    _json_flag(gen)
 
-    imp = sub.add_parser("import", help="convert a public data set into a landing zone")
+    imp = command("import", "convert a public data set into a landing zone", cmd_import)
     imp.add_argument("dataset", choices=["movielens"])
     imp.add_argument("--source", required=True, help="MovieLens 100K or 1M directory")
     imp.add_argument("--out", required=True, help="landing directory to (re)write")
     imp.add_argument("--ratings", help="ratings file if not in --source (may be gzipped)")
-    imp.set_defaults(func=cmd_import)
+    _json_flag(imp)
 
-    run = sub.add_parser("run", help="run the nightly flow for one date")
+    run = command("run", "run the nightly flow for one date: train, score, publish", cmd_run)
     run.add_argument("--date", type=_date, help="run date (default: yesterday, UTC, as a scheduled run)")
-    _run_options(run)
-    run.set_defaults(func=cmd_run)
+    _config_option(run, "landing", "workdir", "warehouse")
+    _json_flag(run)
 
-    fill = sub.add_parser("backfill", help="run the nightly flow for each date of a range, in order")
+    fill = command("backfill", "run the nightly flow for each date of a range, in order", cmd_backfill)
     fill.add_argument("--start", type=_date, required=True, help="first run date")
     fill.add_argument("--end", type=_date, required=True, help="last run date (inclusive)")
     fill.add_argument("--force", action="store_true", help="rerun dates that are already published")
-    _run_options(fill)
-    fill.set_defaults(func=cmd_backfill)
+    _config_option(fill, "landing", "workdir", "warehouse")
+    _json_flag(fill)
 
-    srv = sub.add_parser("serve", help="run the nightly schedule from this process (needs a Prefect server)")
-    srv.add_argument("--config", required=True, help="TOML config (see configs/)")
+    srv = command("serve", "run the nightly schedule here (needs a Prefect server)", cmd_serve)
+    _config_option(srv, "landing", "workdir", "warehouse")
     srv.add_argument("--cron", default="0 2 * * *", help="cron expression (default: 02:00 every day)")
     srv.add_argument("--timezone", type=_timezone, default="UTC", help="the cron's timezone (default: UTC)")
     srv.add_argument("--name", default="nightly-served", help="deployment name (default: nightly-served)")
-    srv.add_argument("--landing", help="override [data] landing")
-    srv.add_argument("--workdir", help="override [data] workdir")
-    srv.add_argument("--warehouse", help="override [data] warehouse")
-    srv.set_defaults(func=cmd_serve)
 
-    rep = sub.add_parser("report", help="render a run's HTML report (also written by every run)")
+    recs = command("recs", "print a user's latest published recommendations", cmd_recs)
+    recs.add_argument("user", nargs="?", help="a user_id (default: the first rows of all users)")
+    runs = command("runs", "print the most recent runs, newest first", cmd_runs)
+    for p in (recs, runs):
+        _config_option(p, default="configs/demo.toml")
+        p.add_argument("--warehouse", help="DuckDB file or PostgreSQL URL (default: the config's)")
+        p.add_argument("--limit", type=int, default=10, help="rows to print (default 10)")
+        _json_flag(p)
+
+    rep = command("report", "render a run's HTML report (every run also writes it)", cmd_report)
     rep.add_argument("--date", type=_date, required=True, help="run date")
-    rep.add_argument("--config", required=True, help="TOML config (see configs/)")
-    rep.add_argument("--workdir", help="override [data] workdir")
-    rep.add_argument("--warehouse", help="override [data] warehouse")
+    _config_option(rep, "workdir", "warehouse")
     rep.add_argument("--out", help="HTML file to write (default: <workdir>/runs/<date>/report.html)")
-    rep.set_defaults(func=cmd_report)
 
-    ev = sub.add_parser("evaluate", help="judge a published date on the days after it, beside the peers")
+    ev = command("evaluate", "judge a published date on the days after it, beside peers", cmd_evaluate)
     ev.add_argument("--date", type=_date, required=True, help="a published run date")
-    ev.add_argument("--config", required=True, help="TOML config (see configs/)")
-    ev.add_argument("--landing", help="override [data] landing")
+    _config_option(ev, "landing")
     ev.add_argument("--warehouse", help="DuckDB file or PostgreSQL URL (default: the config's)")
     ev.add_argument("--k", type=int, default=10, help="cut-off of the top-K metrics (default 10)")
     ev.add_argument(
         "--horizon", type=int, default=14, help="days after the run date to judge on (default 14)"
     )
-    ev.add_argument("--json", action="store_true", help="print JSON")
-    ev.set_defaults(func=cmd_evaluate)
+    _json_flag(ev)
 
-    for name, func, help_text in (
-        ("recs", cmd_recs, "print a user's latest published recommendations"),
-        ("runs", cmd_runs, "print the most recent runs"),
-    ):
-        p = sub.add_parser(name, help=help_text)
-        if name == "recs":
-            p.add_argument("user", nargs="?", help="a user_id (default: a sample of all users' rows)")
-        p.add_argument("--config", default="configs/demo.toml")
-        p.add_argument("--warehouse", help="DuckDB file or PostgreSQL URL (default: the config's)")
-        p.add_argument("--limit", type=int, default=10)
-        p.set_defaults(func=func)
+    docs = command("config-docs", "write docs/configuration.md from the config model", cmd_config_docs)
+    docs.add_argument(
+        "--check", action="store_true", help="only check that the file is current (exit 1 if not)"
+    )
+    docs.add_argument("--out", default="docs/configuration.md", help="default: docs/configuration.md")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a usage error already printed on one line (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # the reader stopped reading (`nightrec runs --json | head`): not a failure
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit's flush cannot fail again
+        return EXIT_OK
+    except CliError as exc:
+        if args.debug:
+            raise
+        print(f"nightrec: {exc}", file=sys.stderr)
+        return exc.code
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"nightrec {args.command}: {one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -51,24 +51,37 @@ class DataConfig(Strict):
 
 class SparkConfig(Strict):
     master: str = Field("local[*]", description="Any Spark master URL.")
-    driver_memory: str = "4g"
-    shuffle_partitions: int = Field(4, ge=1)
+    driver_memory: str = Field(
+        "4g",
+        description="Driver JVM memory (in local mode, all of Spark); under spark-submit the submitter's wins.",
+    )
+    shuffle_partitions: int = Field(
+        4, ge=1, description="Partitions of Spark shuffles and the default parallelism: about 2-4 per core."
+    )
     conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings, passed verbatim.")
 
 
 class LabelRule(Strict):
     """Which events of a (user, item, day) make the label: the event types, optionally a value range."""
 
-    event_types: list[str] = Field(min_length=1)
-    min_value: float | None = None
-    max_value: float | None = None
+    event_types: list[str] = Field(
+        min_length=1, description="Event types that count for the label (any of them)."
+    )
+    min_value: float | None = Field(
+        None, description="Only events with value >= min_value count (e.g. ratings of 4 or more)."
+    )
+    max_value: float | None = Field(None, description="Only events with value <= max_value count.")
 
 
 class TaskConfig(Strict):
-    name: str
-    type: Literal["binary", "regression"] = "binary"
-    label: LabelRule
-    weight: float = Field(1.0, ge=0.0)
+    name: str = Field(
+        description="Lower-case identifier: the label column label_<name>, the published column p_<name>."
+    )
+    type: Literal["binary", "regression"] = Field(
+        "binary", description="binary: 1 when the rule matches; regression: the matching event's value."
+    )
+    label: LabelRule = Field(description="Which events of a (user, item, day) make the label.")
+    weight: float = Field(1.0, ge=0.0, description="Weight of this task's loss in the training objective.")
     parent: str | None = Field(
         None, description="ESMM: p(parent and this) = p(parent) x p(this | parent); loss on the joint."
     )
@@ -107,36 +120,55 @@ class ValidationConfig(Strict):
     label_rate_bounds: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="Allowed [min, max] positive rate per binary task in the examples."
     )
-    min_examples: int = Field(100, ge=1)
+    min_examples: int = Field(
+        100, ge=1, description="Fewest training examples a night accepts; fewer fail the features check."
+    )
 
 
 class ModelConfig(Strict):
-    architecture: Literal["mmoe"] = "mmoe"
-    embedding_dim: int = Field(16, ge=2)
-    num_experts: int = Field(4, ge=1)
-    expert_hidden: list[int] = Field(default_factory=lambda: [64, 32])
-    tower_hidden: list[int] = Field(default_factory=lambda: [16])
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(2048, ge=1)
-    learning_rate: float = Field(2e-3, gt=0.0)
-    weight_decay: float = Field(1e-5, ge=0.0)
+    architecture: Literal["mmoe"] = Field(
+        "mmoe", description="The multi-task architecture: multi-gate mixture of experts."
+    )
+    embedding_dim: int = Field(16, ge=2, description="Size of the user, item and category embeddings.")
+    num_experts: int = Field(4, ge=1, description="Experts shared by the task towers.")
+    expert_hidden: list[int] = Field(
+        default_factory=lambda: [64, 32], description="Hidden layer sizes of each expert."
+    )
+    tower_hidden: list[int] = Field(
+        default_factory=lambda: [16], description="Hidden layer sizes of each task tower."
+    )
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout in experts and towers.")
+    epochs: int = Field(10, ge=1, description="Most training epochs; early stopping may end sooner.")
+    batch_size: int = Field(2048, ge=1, description="Training examples per batch.")
+    learning_rate: float = Field(2e-3, gt=0.0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-5, ge=0.0, description="AdamW weight decay.")
     patience: int = Field(2, ge=0, description="Epochs without validation improvement before stopping.")
     validation_days: int = Field(
         3, ge=1, description="The last days before the run date form the validation slice."
     )
-    seed: int = 42
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(
+        42,
+        description="Seed of initialisation and shuffling: same data and seed, same model on a given device.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA with bf16 autocast when present, else CPU."
+    )
 
 
 class ScoringConfig(Strict):
-    top_k: int = Field(50, ge=1)
+    top_k: int = Field(
+        50, ge=1, description="Recommendations per user (fewer when the user's unseen catalogue is smaller)."
+    )
     blend: str | None = Field(
         None,
         description="Arithmetic over task names, e.g. 'click * purchase ** 0.5'. Default: product of the "
         "binary task probabilities.",
     )
-    user_batch_size: int = Field(256, ge=1)
+    user_batch_size: int = Field(
+        256,
+        ge=1,
+        description="Users scored per block against the whole catalogue; lower it when memory is short.",
+    )
 
 
 class NotifyConfig(Strict):
