@@ -261,16 +261,27 @@ class WarehouseBase(ABC):
     # Task columns declared by ensure_schema on this connection: publish then insists on exactly these.
     _declared_tasks: list[str] | None = None
 
+    # The DB-API style connection of the backend (duckdb or psycopg); None once closed.
+    _con: Any = None
+
+    @property
+    def con(self) -> Any:
+        if self._con is None:
+            raise RuntimeError("the warehouse connection is closed")
+        return self._con
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.con.execute(sql, list(params))
+
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.con.execute(sql, list(params)).fetchall()
+
     # -- backend hooks ----------------------------------------------------------------------------------
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-    @abstractmethod
-    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
-
-    @abstractmethod
-    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
     @abstractmethod
     def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame: ...
@@ -480,23 +491,6 @@ class Warehouse(WarehouseBase):
         self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(str(self.path), read_only=read_only)
         # Naive timestamps are taken as UTC and TIMESTAMPTZ values come back in UTC, whatever the host's zone.
         self._con.execute("SET TimeZone = 'UTC'")
-
-    @property
-    def con(self) -> duckdb.DuckDBPyConnection:
-        if self._con is None:
-            raise RuntimeError("the warehouse connection is closed")
-        return self._con
-
-    def close(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
-
-    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.con.execute(sql, list(params))
-
-    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.con.execute(sql, list(params)).fetchall()
 
     def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         return self.con.execute(sql, list(params)).df()

@@ -150,24 +150,7 @@ class PostgresWarehouse(WarehouseBase):
         if read_only:
             con.execute("SET default_transaction_read_only = on")
 
-    @property
-    def con(self) -> psycopg.Connection:
-        if self._con is None:
-            raise RuntimeError("the warehouse connection is closed")
-        return self._con
-
-    def close(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
-
     # -- backend hooks ----------------------------------------------------------------------------------
-
-    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.con.execute(sql, list(params))
-
-    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.con.execute(sql, list(params)).fetchall()
 
     def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """A DataFrame with DuckDB's dtypes for dates and timestamps (datetime64, UTC for TIMESTAMPTZ)."""
