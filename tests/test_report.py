@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from test_nightly_flow import CONFIG
 
 from jobs.generate import generate
 from nightrec.config import load_config
@@ -33,50 +34,6 @@ RUN_DATE = date(2026, 11, 1)
 FAILED_DATE = date(2026, 11, 2)
 PNG = b"\x89PNG\r\n\x1a\n"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-
-CONFIG = """
-[data]
-landing = "{root}/landing"
-workdir = "{root}/work"
-warehouse = "{root}/warehouse.duckdb"
-
-[spark]
-master = "local[2]"
-shuffle_partitions = 2
-
-[features]
-lookback_days = 14
-windows = [1, 7]
-history_length = 10
-exposure_event_types = ["impression"]
-seen_event_types = ["click", "purchase"]
-
-[validation]
-event_types = ["impression", "click", "purchase"]
-label_rate_bounds = {{ click = [0.005, 0.8] }}
-min_examples = 200
-
-[[tasks]]
-name = "click"
-label = {{ event_types = ["click"] }}
-
-[[tasks]]
-name = "purchase"
-label = {{ event_types = ["purchase"] }}
-parent = "click"
-
-[model]
-embedding_dim = 8
-num_experts = 2
-expert_hidden = [16]
-tower_hidden = [8]
-epochs = 1
-batch_size = 512
-validation_days = 2
-
-[scoring]
-top_k = 10
-"""
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +45,7 @@ def night(tmp_path_factory, spark, prefect_backend):
     root = tmp_path_factory.mktemp("report")
     generate(root / "landing", users=150, items=60, days=14, seed=5, end_date=RUN_DATE)
     config = root / "config.toml"
-    config.write_text(CONFIG.format(root=root))
+    config.write_text(CONFIG.format(root=root, top_k=10).replace("epochs = 2", "epochs = 1"))
     assert nightly(run_date=RUN_DATE, config_path=str(config), show_progress=False)["status"] == "published"
 
     bad = root / "bad-landing"
