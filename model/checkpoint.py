@@ -1,12 +1,15 @@
-"""The versioned model directory: `model.pt` (state_dict only), `meta.json`, `vocab.json`.
+"""The versioned model directory: `model.pt` (state_dict only), `meta.json`, `vocab.json`, `manifest.json`.
 
 The weights file holds tensors and nothing else, and is read with `torch.load(weights_only=True)`:
 a model directory is data, and loading one must never run code from a pickle. Everything needed to
-rebuild the module (sizes, tasks, feature layout) is plain JSON next to it.
+rebuild the module (sizes, tasks, feature layout) is plain JSON next to it. `manifest.json` holds the
+SHA-256 of the other three files and is checked before anything is read, so a file changed or swapped
+after training (a bad copy, a truncated sync, a tampered weights file) is refused with a clear error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -21,6 +24,41 @@ from model.mmoe import MMoE, ModelSpec
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
 VOCAB_FILE = "vocab.json"
+MANIFEST_FILE = "manifest.json"
+CHECKED_FILES = (MODEL_FILE, META_FILE, VOCAB_FILE)
+
+
+class ModelIntegrityError(RuntimeError):
+    """A model directory whose files do not match its manifest."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(model_dir: Path) -> None:
+    """Record the checksum of every file of the model directory."""
+    sums = {name: _sha256(Path(model_dir) / name) for name in CHECKED_FILES}
+    (Path(model_dir) / MANIFEST_FILE).write_text(json.dumps({"sha256": sums}, indent=2, sort_keys=True))
+
+
+def verify_manifest(model_dir: Path) -> None:
+    """Raise ModelIntegrityError unless every file matches the checksum recorded at save time."""
+    model_dir = Path(model_dir)
+    manifest = model_dir / MANIFEST_FILE
+    if not manifest.is_file():
+        raise ModelIntegrityError(f"{model_dir}: no {MANIFEST_FILE}; refusing to load an unverified model")
+    expected = json.loads(manifest.read_text()).get("sha256", {})
+    for name in CHECKED_FILES:
+        path = model_dir / name
+        if not path.is_file() or _sha256(path) != expected.get(name):
+            raise ModelIntegrityError(
+                f"{model_dir}: {name} does not match its checksum in {MANIFEST_FILE}; refusing to load it"
+            )
 
 
 def save_model(
@@ -53,6 +91,7 @@ def save_model(
         }
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True))
         (tmp / VOCAB_FILE).write_text(json.dumps(vocab.to_json()))
+        write_manifest(tmp)
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{version}.old-", dir=model_root))
             final.rename(old / version)
@@ -71,10 +110,12 @@ def load_model(
 ) -> tuple[MMoE, dict[str, Any], Vocabularies]:
     """Rebuild the module from meta.json and load the weights (tensors only), in eval mode.
 
-    A weights file containing anything but tensors and plain containers is refused by torch
-    (`pickle.UnpicklingError`), and a state_dict that does not match the module exactly fails too.
+    The manifest is verified first (ModelIntegrityError). A weights file containing anything but tensors
+    and plain containers is refused by torch (`pickle.UnpicklingError`) even where its manifest was rewritten
+    to match, and a state_dict that does not match the module exactly fails too.
     """
     model_dir = Path(model_dir)
+    verify_manifest(model_dir)
     meta = json.loads((model_dir / META_FILE).read_text())
     vocab = Vocabularies.from_json(json.loads((model_dir / VOCAB_FILE).read_text()))
     model = MMoE(ModelSpec.from_dict(meta["model_spec"]))

@@ -20,7 +20,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from model.checkpoint import MODEL_FILE, load_model, save_model
+from model.checkpoint import (
+    MANIFEST_FILE,
+    META_FILE,
+    MODEL_FILE,
+    ModelIntegrityError,
+    load_model,
+    save_model,
+    write_manifest,
+)
 from model.data import (
     FeatureLayout,
     ItemTensors,
@@ -313,9 +321,26 @@ def test_checkpoint_with_a_pickled_object_is_refused(trained, tmp_path: Path) ->
     shutil.copytree(trained.model_dir, tampered)
     state = torch.load(tampered / MODEL_FILE, weights_only=True)
     torch.save({**state, "extra": _Payload()}, tampered / MODEL_FILE)
+    write_manifest(tampered)  # an attacker who can rewrite the manifest too: weights_only must still refuse
     with pytest.raises(pickle.UnpicklingError):
         load_model(tampered)
     assert _UNPICKLED == []
+
+
+@pytest.mark.parametrize("changed", [MODEL_FILE, META_FILE, MANIFEST_FILE])
+def test_a_model_directory_that_does_not_match_its_manifest_is_refused(
+    trained, tmp_path: Path, changed
+) -> None:
+    tampered = tmp_path / "tampered"
+    shutil.copytree(trained.model_dir, tampered)
+    load_model(tampered)  # the copy itself is intact
+    if changed == MANIFEST_FILE:
+        (tampered / MANIFEST_FILE).unlink()
+    else:
+        with (tampered / changed).open("ab") as f:
+            f.write(b" ")
+    with pytest.raises(ModelIntegrityError, match=MANIFEST_FILE):
+        load_model(tampered)
 
 
 def _random_model(seed: int = 0) -> tuple[MMoE, ModelSpec]:
