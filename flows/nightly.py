@@ -28,7 +28,7 @@ from prefect.runtime import flow_run
 from flows.notify import failure_message, post_json, webhook_url
 from flows.run_date import resolve_run_date
 from flows.store import open_store
-from flows.train import TrainedModel, run_dir_for, train_in_process, train_remotely
+from flows.train import TrainedModel, train_in_process, train_remotely
 from jobs.warehouse import redact
 from nightrec.config import Config, load_config
 
@@ -46,7 +46,7 @@ class RunPaths:
 
     @classmethod
     def for_run(cls, cfg: Config, run_date: date) -> RunPaths:
-        run_dir = run_dir_for(cfg, run_date)
+        run_dir = cfg.run_dir(run_date)
         return cls(run_dir, run_dir / "features", run_dir / "data_docs", Path(cfg.data.workdir) / "models")
 
 

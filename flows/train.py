@@ -53,18 +53,13 @@ class TrainedModel:
         return cls(**json.loads((Path(run_dir) / RESULT_FILE).read_text()))
 
 
-def run_dir_for(cfg: Config, run_date: date) -> Path:
-    """`<workdir>/runs/<run date>`: the layout the nightly flow uses (flows.nightly.RunPaths)."""
-    return Path(cfg.data.workdir) / "runs" / run_date.isoformat()
-
-
 def train_in_process(
     cfg: Config, run_date: date, show_progress: bool, flow_run_id: str | None = None
 ) -> TrainedModel:
     """Train on `<run dir>/features`, save under `<workdir>/models/`, write the JSON result."""
     from model.train import train_model
 
-    run_dir = run_dir_for(cfg, run_date)
+    run_dir = cfg.run_dir(run_date)
     result = train_model(
         run_dir / "features", cfg, run_date, Path(cfg.data.workdir) / "models", show_progress=show_progress
     )
@@ -118,10 +113,10 @@ def train_remotely(
     if state is None or not state.is_completed():
         ended = f"{state.name}: {state.message}" if state is not None else "without a state"
         raise RuntimeError(f"training deployment {deployment!r} (flow run {run.name}) ended {ended}")
-    trained = TrainedModel.read(run_dir_for(cfg, run_date))
+    trained = TrainedModel.read(cfg.run_dir(run_date))
     if trained.flow_run_id != str(run.id):
         raise RuntimeError(
-            f"{RESULT_FILE} in {run_dir_for(cfg, run_date)} was written by flow run {trained.flow_run_id}, "
+            f"{RESULT_FILE} in {cfg.run_dir(run_date)} was written by flow run {trained.flow_run_id}, "
             f"not by the training run {run.id}: is the workdir shared between the workers?"
         )
     return trained

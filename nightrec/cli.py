@@ -325,7 +325,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     started, clock = datetime.now(UTC), time.perf_counter()
     prefect_console(args.quiet, args.debug)
     from flows.nightly import nightly
-    from flows.train import run_dir_for
     from jobs.validation import ValidationFailed
 
     try:
@@ -340,7 +339,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print_json({"run_date": run_date, "status": "failed", "step": step, "error": one_line(exc)})
         at = f" at step {step}" if step else ""
         if isinstance(exc, ValidationFailed):
-            report = run_dir_for(cfg, run_date) / "report.html"
+            report = cfg.run_dir(run_date) / "report.html"
             print(
                 f"nightrec: validation failed{at}, nothing published (report: {report})\n{exc}",
                 file=sys.stderr,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -225,6 +226,10 @@ class Config(Strict):
 
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
+
+    def run_dir(self, run_date: date) -> Path:
+        """`<workdir>/runs/<run date>`: features, data docs, report; a rerun of the date reuses it."""
+        return Path(self.data.workdir) / "runs" / run_date.isoformat()
 
 
 def load_config(path: str | Path, **overrides: str | None) -> Config:

@@ -212,8 +212,7 @@ class Sources:
 def render_report(cfg: Config, run_date: date, out_path: Path | None = None) -> Path:
     """Write the report of `run_date` (default `<workdir>/runs/<date>/report.html`) and return its path."""
     started = time.perf_counter()
-    # The run directory of flows/train.py run_dir_for (nightrec cannot import the flows).
-    run_dir = Path(cfg.data.workdir) / "runs" / run_date.isoformat()
+    run_dir = cfg.run_dir(run_date)
     out = Path(out_path) if out_path is not None else run_dir / REPORT_FILE
     wh, wh_note = _open_warehouse(cfg)
     try:

@@ -76,6 +76,17 @@ def night(tmp_path_factory, spark, prefect_backend):
     return root, config
 
 
+def corrupt_landing(landing: Path, copy: Path) -> Path:
+    """A copy of the landing zone whose 2026-10-31 partition holds one unknown event type, "clik"."""
+    shutil.copytree(landing, copy)
+    part = next((copy / "events").glob("dt=2026-10-31/*.parquet"))
+    table = pq.read_table(part)
+    types = table.column("event_type").to_pylist()
+    types[0] = "clik"
+    pq.write_table(table.set_column(table.schema.get_field_index("event_type"), "event_type", [types]), part)
+    return copy
+
+
 def latest(warehouse: Path):
     with duckdb.connect(str(warehouse), read_only=True) as con:
         return con.sql("SELECT * FROM latest_recommendations ORDER BY user_id, rank").df()
@@ -125,13 +136,7 @@ def test_invalid_logs_fail_validation_and_keep_the_published_table(night, tmp_pa
     before = latest(root / "warehouse.duckdb")
     assert len(before), "needs the published night of the previous test"
 
-    bad_landing = tmp_path / "landing"
-    shutil.copytree(root / "landing", bad_landing)
-    part = next((bad_landing / "events").glob("dt=2026-10-31/*.parquet"))
-    table = pq.read_table(part)
-    types = table.column("event_type").to_pylist()
-    types[0] = "clik"
-    pq.write_table(table.set_column(table.schema.get_field_index("event_type"), "event_type", [types]), part)
+    bad_landing = corrupt_landing(root / "landing", tmp_path / "landing")
 
     with pytest.raises(ValidationFailed, match="expect_column_values_to_be_in_set") as failure:
         nightly(

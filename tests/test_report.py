@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from test_nightly_flow import CONFIG
+from test_nightly_flow import CONFIG, corrupt_landing
 
 from jobs.generate import generate
 from nightrec.config import load_config
@@ -48,13 +48,7 @@ def night(tmp_path_factory, spark, prefect_backend):
     config.write_text(CONFIG.format(root=root, top_k=10).replace("epochs = 2", "epochs = 1"))
     assert nightly(run_date=RUN_DATE, config_path=str(config), show_progress=False)["status"] == "published"
 
-    bad = root / "bad-landing"
-    shutil.copytree(root / "landing", bad)
-    part = next((bad / "events").glob("dt=2026-10-31/*.parquet"))
-    table = pq.read_table(part)
-    types = table.column("event_type").to_pylist()
-    types[0] = "clik"
-    pq.write_table(table.set_column(table.schema.get_field_index("event_type"), "event_type", [types]), part)
+    bad = corrupt_landing(root / "landing", root / "bad-landing")
     with pytest.raises(ValidationFailed):
         nightly(run_date=FAILED_DATE, config_path=str(config), landing=str(bad), show_progress=False)
     return root, config, bad
