@@ -63,10 +63,16 @@ class SparkConfig(Strict):
 
 
 class LabelRule(Strict):
-    """Which events of a (user, item, day) make the label: the event types, optionally a value range."""
+    """Where a task's label comes from: events of the (user, item, day), or the categories of the item or of
+    the user's history (the auxiliary multiclass tasks of the seed designs)."""
 
+    source: Literal["events", "item_categories", "user_categories"] = Field(
+        "events",
+        description="events: the (user, item, day)'s events below; item_categories: the item's categories; "
+        "user_categories: the categories of the user's history items as of the day (multiclass tasks only).",
+    )
     event_types: list[str] = Field(
-        min_length=1, description="Event types that count for the label (any of them)."
+        default_factory=list, description="Event types that count for the label (any of them); source events."
     )
     min_value: float | None = Field(
         None, description="Only events with value >= min_value count (e.g. ratings of 4 or more)."
@@ -78,8 +84,13 @@ class TaskConfig(Strict):
     name: str = Field(
         description="Lower-case identifier: the label column label_<name>, the published column p_<name>."
     )
-    type: Literal["binary", "regression"] = Field(
-        "binary", description="binary: 1 when the rule matches; regression: the matching event's value."
+    type: Literal["binary", "regression", "multiclass"] = Field(
+        "binary",
+        description="binary: 1 when the rule matches (BCE); regression: the matching event's value; "
+        "multiclass: a distribution over the category vocabulary (cross-entropy), from a categories source.",
+    )
+    regression_loss: Literal["mse", "huber"] = Field(
+        "mse", description="Loss of a regression task: squared error, or Huber (delta 1) for heavy tails."
     )
     label: LabelRule = Field(description="Which events of a (user, item, day) make the label.")
     weight: float = Field(1.0, ge=0.0, description="Weight of this task's loss in the training objective.")
@@ -91,6 +102,18 @@ class TaskConfig(Strict):
     @classmethod
     def _name_is_identifier(cls, v: str) -> str:
         return check_identifier(v)
+
+    @model_validator(mode="after")
+    def _label_fits_type(self) -> TaskConfig:
+        from_events = self.label.source == "events"
+        if (self.type == "multiclass") == from_events:
+            raise ValueError(
+                f"task {self.name!r}: a multiclass task takes label.source item_categories or user_categories, "
+                "binary and regression tasks take label.source events"
+            )
+        if from_events and not self.label.event_types:
+            raise ValueError(f"task {self.name!r}: label.event_types must name at least one event type")
+        return self
 
 
 class FeaturesConfig(Strict):
@@ -127,11 +150,46 @@ class ValidationConfig(Strict):
 
 
 class ModelConfig(Strict):
-    architecture: Literal["mmoe"] = Field(
-        "mmoe", description="The multi-task architecture: multi-gate mixture of experts."
+    architecture: Literal["shared_bottom", "mmoe", "ple"] = Field(
+        "mmoe",
+        description="shared_bottom: one shared MLP under the task towers; mmoe: multi-gate mixture of experts; "
+        "ple: progressive layered extraction (shared and task-specific experts over several levels).",
     )
     embedding_dim: int = Field(16, ge=2, description="Size of the user, item and category embeddings.")
-    num_experts: int = Field(4, ge=1, description="Experts shared by the task towers.")
+    num_experts: int = Field(4, ge=1, description="MMoE: experts shared by the task towers.")
+    ple_levels: int = Field(2, ge=1, description="PLE: extraction levels.")
+    ple_shared_experts: int = Field(2, ge=1, description="PLE: shared experts per level.")
+    ple_task_experts: int = Field(1, ge=1, description="PLE: experts of each task per level.")
+    history_pooling: Literal["mean", "din"] = Field(
+        "mean",
+        description="How the user's recent items are pooled: mean, or target attention over the candidate (DIN).",
+    )
+    text_encoder: str = Field(
+        "none",
+        description="Item text features: none; auto (the packaged MiniLM sentence encoder when installed, else "
+        "TF-IDF + SVD, said in the log); tfidf; or the path of a sentence-transformers model directory.",
+    )
+    text_dim: int = Field(
+        64, ge=2, description="Size of the TF-IDF + SVD item text embedding (fallback encoder)."
+    )
+    loss_weighting: Literal["fixed", "uncertainty", "gradnorm", "pcgrad"] = Field(
+        "fixed",
+        description="fixed: the task weights; uncertainty: learned log-variances (Kendall et al.); gradnorm: "
+        "balances gradient norms on a shared layer (Chen et al.); pcgrad: projects conflicting task gradients.",
+    )
+    gradnorm_alpha: float = Field(
+        1.5, ge=0.0, description="GradNorm: strength of the pull towards equal rates."
+    )
+    gradnorm_layer: str | None = Field(
+        None,
+        description="GradNorm: name of the shared parameter whose gradient norms are balanced; default: the "
+        "architecture's last shared layer.",
+    )
+    warm_start: bool = Field(
+        True,
+        description="Start from the champion's weights where the vocabularies allow (new ids: fresh rows).",
+    )
+    cpu_bf16: bool = Field(False, description="bf16 autocast on CPU too (fast on CPUs with AMX).")
     expert_hidden: list[int] = Field(
         default_factory=lambda: [64, 32], description="Hidden layer sizes of each expert."
     )
