@@ -1,4 +1,5 @@
-"""The versioned model directory: `model.pt` (state_dict only), `meta.json`, `vocab.json`, `manifest.json`.
+"""The versioned model directory: `model.pt` (state_dict only), `meta.json`, `vocab.json`, `manifest.json`;
+and the resume file a training run keeps beside it until the directory is written.
 
 The weights file holds tensors and nothing else, and is read with `torch.load(weights_only=True)`:
 a model directory is data, and loading one must never run code from a pickle. Everything needed to
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -105,20 +107,64 @@ def save_model(
     return final
 
 
-def load_model(
+def load_weights(
     model_dir: Path, device: torch.device | str = "cpu"
-) -> tuple[MMoE, dict[str, Any], Vocabularies]:
-    """Rebuild the module from meta.json and load the weights (tensors only), in eval mode.
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], Vocabularies]:
+    """The verified state_dict, meta.json and vocabularies of a model directory, without building a module.
 
     The manifest is verified first (ModelIntegrityError). A weights file containing anything but tensors
     and plain containers is refused by torch (`pickle.UnpicklingError`) even where its manifest was rewritten
-    to match, and a state_dict that does not match the module exactly fails too.
+    to match. Warm start reads a champion this way, so it works whatever module the champion was.
     """
     model_dir = Path(model_dir)
     verify_manifest(model_dir)
     meta = json.loads((model_dir / META_FILE).read_text())
     vocab = Vocabularies.from_json(json.loads((model_dir / VOCAB_FILE).read_text()))
-    model = MMoE(ModelSpec.from_dict(meta["model_spec"]))
     state = torch.load(model_dir / MODEL_FILE, map_location=device, weights_only=True)
+    return state, meta, vocab
+
+
+def load_model(
+    model_dir: Path, device: torch.device | str = "cpu"
+) -> tuple[MMoE, dict[str, Any], Vocabularies]:
+    """Rebuild the module from meta.json and load the weights (see `load_weights`), in eval mode.
+
+    A state_dict that does not match the module exactly fails.
+    """
+    state, meta, vocab = load_weights(model_dir, device)
+    model = MMoE(ModelSpec.from_dict(meta["model_spec"]))
     model.load_state_dict(state)
     return model.to(device).eval(), meta, vocab
+
+
+def resume_path(model_root: Path, version: str) -> Path:
+    """`<model_root>/.resume-<version>.pt`: hidden, beside the model directories, one per training input.
+
+    The version hashes the config and the data window, so a rerun with the same inputs finds the file of
+    the run it continues and a run with other inputs never picks up a foreign one.
+    """
+    return Path(model_root) / f".resume-{version}.pt"
+
+
+def save_resume(path: Path, state: dict[str, Any]) -> None:
+    """Write the resume state atomically: a kill during the write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_resume(path: Path) -> dict[str, Any] | None:
+    """The saved resume state (tensors and plain containers only), or None when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def remove_resume(path: Path) -> None:
+    """Delete the resume file (and a temporary left by a kill mid-write) once training has finished."""
+    path = Path(path)
+    for stale in (path, path.with_name(path.name + ".tmp")):
+        stale.unlink(missing_ok=True)

@@ -1,8 +1,19 @@
-"""Train the MMoE on a run's features, keep the best epoch by validation loss, write a model directory.
+"""Train the multi-task model on a run's features, keep the best epoch by validation loss, write a model directory.
 
 Reproducible for a given `cfg.model.seed` on a given machine and device: seeded init, a seeded
 (CPU) generator for the batch permutations, deterministic kernels on CPU. The model version is derived
-from the config and the data window, so rerunning a date gives the same version and replaces it.
+from the config, the data window and the warm-start source, so rerunning a date gives the same version
+and replaces it.
+
+Two things make a nightly run cheaper to repeat:
+- warm start (`warm_start_from`, see model/warm_start.py): begin from the champion's weights;
+- resume: after every epoch the whole training state (weights, optimizer, early-stopping state, RNG
+  states) is written to `<model_root>/.resume-<version>.pt` (model.checkpoint.resume_path). A run killed
+  at any point and started again with the same inputs continues after the last finished epoch and ends
+  with the same weights as an uninterrupted run; the file is deleted when the model directory is written.
+
+The same loop trains data-parallel (model/train_ddp.py): every rank walks the same seeded permutation
+and takes its slice of each batch, so the ranks together see the batches a single process would.
 """
 
 from __future__ import annotations
@@ -12,22 +23,27 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch import nn
 from tqdm.auto import tqdm
 
-from model.checkpoint import save_model
-from model.data import ExampleTensors, TrainingData, load_training_data
+from model.checkpoint import load_resume, remove_resume, resume_path, save_model, save_resume
+from model.data import ExampleTensors, TensorGroup, TrainingData, load_training_data
 from model.metrics import task_metrics
 from model.mmoe import MMoE, ModelSpec, precision, resolve_device
+from model.warm_start import warm_start
 from nightrec.config import Config
 
 log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,37 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """This process's part of a data-parallel run (rank `rank` of `world`); the default is the whole run.
+
+    Needs an initialised torch.distributed process group when world > 1.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over the ranks, in place."""
+        if self.world > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def from_main(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's value on every rank, in place: decisions (early stopping) must agree across ranks."""
+        if self.world > 1:
+            dist.broadcast(tensor, src=0)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+@dataclass(frozen=True)
 class _Evaluation:
     loss: float
     task_losses: list[float]
@@ -48,8 +95,22 @@ class _Evaluation:
     predictions: torch.Tensor  # [N, T] on CPU
 
 
-def model_version(cfg: Config, run_date: date, data: TrainingData) -> str:
-    """`YYYYMMDD-<hash>`: the hash covers the whole config and the data window, nothing time-dependent."""
+@dataclass
+class _Progress:
+    """What the epoch loop carries from one epoch to the next; all of it goes into the resume file."""
+
+    epoch: int = 0  # the last finished epoch
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0
+    stopped: bool = False
+
+
+def model_version(cfg: Config, run_date: date, data: TrainingData, warm_from: str | None = None) -> str:
+    """`YYYYMMDD-<hash>`: the hash covers the whole config, the data window and the warm-start source
+    (the champion's version), nothing time-dependent."""
     payload = {
         "config": cfg.model_dump(mode="json"),
         "run_date": run_date.isoformat(),
@@ -58,8 +119,26 @@ def model_version(cfg: Config, run_date: date, data: TrainingData) -> str:
         "n_train": len(data.train),
         "n_val": len(data.val),
     }
+    if warm_from is not None:
+        payload["warm_start"] = warm_from
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
     return f"{run_date:%Y%m%d}-{digest}"
+
+
+def _tensors(group: TensorGroup) -> Iterator[torch.Tensor]:
+    for f in fields(group):  # type: ignore[arg-type]
+        value = getattr(group, f.name)
+        yield from _tensors(value) if isinstance(value, TensorGroup) else (value,)
+
+
+def _inputs_fingerprint(version: str, data: TrainingData, shard: Shard) -> str:
+    """What a resume file must match: the version (config, window) plus the example tensors themselves,
+    so data corrected under the same window and counts starts over instead of mixing two datasets."""
+    digest = hashlib.sha256(f"{version}|world={shard.world}".encode())
+    for group in (data.train, data.val):
+        for tensor in _tensors(group):
+            digest.update(tensor.contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -80,41 +159,72 @@ def _deterministic_kernels(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous, warn_only=warn_only)
 
 
+def autocast(device: torch.device, cpu_bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (model.mmoe.precision), and on CPU too when `model.cpu_bf16` asks for it
+    (a gain on CPUs with AMX; elsewhere bf16 matmuls can be slower than float32)."""
+    if device.type == "cpu" and cpu_bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return precision(device)
+
+
+# --- MERGE POINT (architectures): the one place the module is built. ---
+def _build_model(spec: ModelSpec) -> MMoE:
+    return MMoE(spec)
+
+
+# --- MERGE POINT (loss weighting): the one place the loss is turned into gradients. ---
+def _backward(model: MMoE, out: Any, batch: ExampleTensors) -> torch.Tensor:
+    """Backpropagate the weighted task losses; returns the per-task losses [T] (for logging)."""
+    loss, per_task = model.loss(out, batch.labels, batch.label_mask)
+    loss.backward()
+    return per_task
+
+
 def _train_epoch(
     model: MMoE,
+    forward: nn.Module,
     optimizer: torch.optim.Optimizer,
     data: ExampleTensors,
     batch_size: int,
     generator: torch.Generator,
     device: torch.device,
+    cpu_bf16: bool,
+    shard: Shard,
     bar_desc: str,
     show_progress: bool,
 ) -> list[float]:
-    """One pass over a seeded permutation; returns the mean loss per task (by example count)."""
+    """One pass over a seeded permutation; returns the mean loss per task (by example count).
+
+    Every rank draws the same permutation and takes every `world`-th example of each batch, so the ranks
+    together process the single-process batches (DistributedDataParallel averages their gradients).
+    """
     model.train()
     names = [t.name for t in model.spec.tasks]
     order = torch.randperm(len(data), generator=generator).to(device)
     sums = torch.zeros(len(names), device=device)
-    seen = 0
+    seen = torch.zeros((), device=device)
     starts = range(0, len(data), batch_size)
     bar = tqdm(starts, desc=bar_desc, unit="batch", disable=not show_progress, leave=False)
     for step, start in enumerate(bar):
-        batch = data.take(order[start : start + batch_size])
-        with precision(device):
-            out = model(batch.users, batch.items)
-        loss, per_task = model.loss(out, batch.labels, batch.label_mask)
+        batch = data.take(order[start : start + batch_size][shard.rank :: shard.world])
+        with autocast(device, cpu_bf16):
+            out = forward(batch.users, batch.items)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        per_task = _backward(model, out, batch)
         optimizer.step()
         sums += per_task.detach() * len(batch)
         seen += len(batch)
         if step % 10 == 0 or step == len(starts) - 1:  # .item() syncs the GPU: not on every step
             bar.set_postfix({n: f"{v:.4f}" for n, v in zip(names, (sums / seen).tolist(), strict=True)})
-    return (sums / max(seen, 1)).tolist()
+    shard.sum(sums)
+    shard.sum(seen)
+    return (sums / seen.clamp(min=1)).tolist()
 
 
 @torch.inference_mode()
-def _evaluate(model: MMoE, data: ExampleTensors, batch_size: int, device: torch.device) -> _Evaluation:
+def _evaluate(
+    model: MMoE, data: ExampleTensors, batch_size: int, device: torch.device, cpu_bf16: bool
+) -> _Evaluation:
     """Exact per-task validation losses (each over the examples with that label), predictions, gates."""
     model.eval()
     n_tasks = len(model.spec.tasks)
@@ -124,7 +234,7 @@ def _evaluate(model: MMoE, data: ExampleTensors, batch_size: int, device: torch.
     preds = []
     for start in range(0, len(data), batch_size):
         batch = data.take(slice(start, start + batch_size))
-        with precision(device):
+        with autocast(device, cpu_bf16):
             out = model(batch.users, batch.items)
         _, per_task = model.loss(out, batch.labels, batch.label_mask)
         counts = batch.label_mask.sum(dim=0).float()
@@ -141,75 +251,171 @@ def _evaluate(model: MMoE, data: ExampleTensors, batch_size: int, device: torch.
     )
 
 
+def _resume_state(
+    progress: _Progress,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    fingerprint: str,
+) -> dict[str, Any]:
+    return {
+        "fingerprint": fingerprint,
+        "progress": asdict(progress),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _restore(
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    device: torch.device,
+) -> _Progress:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    progress = _Progress(**state["progress"])
+    if progress.best_state is not None:
+        progress.best_state = {k: v.to(device) for k, v in progress.best_state.items()}
+    return progress
+
+
+def _state_digest(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def train_model(
-    features_dir: Path, cfg: Config, run_date: date, model_root: Path, show_progress: bool = True
+    features_dir: Path,
+    cfg: Config,
+    run_date: date,
+    model_root: Path,
+    show_progress: bool = True,
+    *,
+    warm_start_from: Path | None = None,
+    resume: bool = True,
+    on_epoch: EpochCallback | None = None,
+    shard: Shard = Shard(),
 ) -> TrainResult:
-    """Train on examples before `run_date - validation_days`, validate on the days after, save the best."""
+    """Train on examples before `run_date - validation_days`, validate on the days after, save the best.
+
+    `warm_start_from`: a model directory (the champion) to start from when `model.warm_start` is on.
+    `resume`: continue from `<model_root>/.resume-<version>.pt` when a previous run with the same inputs
+    left one. `on_epoch`: called with each epoch's history entry once that epoch's state is saved.
+    `shard`: this rank of a data-parallel run; rank 0 writes the files, every rank returns the result.
+    """
     mc = cfg.model
     device = resolve_device(mc.device)
     data = load_training_data(Path(features_dir), cfg, run_date)
     names = cfg.task_names()
     spec = ModelSpec.from_config(cfg, data.vocab.sizes(), data.layout)
-    log.info("training on %d examples, validating on %d, device %s", len(data.train), len(data.val), device)
+    if warm_start_from is not None and not mc.warm_start:
+        log.info("model.warm_start is off: not starting from %s", warm_start_from)
+        warm_start_from = None
+    warm_from = None if warm_start_from is None else Path(warm_start_from)
+    version = model_version(cfg, run_date, data, None if warm_from is None else warm_from.name)
+    resume_file = resume_path(model_root, version)
+    fingerprint = _inputs_fingerprint(version, data, shard)
+    log.info(
+        "training on %d examples, validating on %d, device %s%s",
+        len(data.train),
+        len(data.val),
+        device,
+        f", rank {shard.rank} of {shard.world}" if shard.world > 1 else "",
+    )
 
     with _deterministic_kernels(device):
         torch.manual_seed(mc.seed)
-        model = MMoE(spec).to(device)
+        model = _build_model(spec).to(device)
+        warm_summary = warm_start(model, warm_from, data.vocab) if warm_from is not None else None
         optimizer = torch.optim.AdamW(model.parameters(), lr=mc.learning_rate, weight_decay=mc.weight_decay)
-        # A CPU generator: the same permutations whichever device trains.
+        # A CPU generator: the same permutations whichever device trains, and on every rank.
         generator = torch.Generator().manual_seed(mc.seed)
+        progress = _Progress()
+        saved = load_resume(resume_file) if resume else None
+        if saved is not None and saved["fingerprint"] != fingerprint:
+            log.warning("%s was written for other inputs: starting over", resume_file)
+            saved = None
+        if saved is not None:
+            progress = _restore(saved, model, optimizer, generator, device)
+            log.info("resuming after epoch %d from %s", progress.epoch, resume_file)
+        resumed_after = progress.epoch
+        forward: nn.Module = model
+        if shard.world > 1:
+            ids = [torch.cuda.current_device()] if device.type == "cuda" else None
+            forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         train, val = data.train.to(device), data.val.to(device)
 
-        history: list[dict[str, Any]] = []
-        best_loss, best_epoch, best_state, bad_epochs = math.inf, 0, None, 0
-        for epoch in range(1, mc.epochs + 1):
+        for epoch in range(progress.epoch + 1, mc.epochs + 1):
+            if progress.stopped:
+                break
             train_losses = _train_epoch(
                 model,
+                forward,
                 optimizer,
                 train,
                 mc.batch_size,
                 generator,
                 device,
+                mc.cpu_bf16,
+                shard,
                 f"epoch {epoch}/{mc.epochs}",
-                show_progress,
+                show_progress and shard.is_main,
             )
-            ev = _evaluate(model, val, mc.batch_size, device)
+            ev = _evaluate(model, val, mc.batch_size, device, mc.cpu_bf16)
+            val_loss = float(shard.from_main(torch.tensor([ev.loss], device=device)).item())
             train_loss = sum(t.weight * v for t, v in zip(cfg.tasks, train_losses, strict=True))
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "val_loss": ev.loss,
-                    **{f"train_{n}": v for n, v in zip(names, train_losses, strict=True)},
-                    **{f"val_{n}": v for n, v in zip(names, ev.task_losses, strict=True)},
-                    "gates": dict(zip(names, ev.gate_mean, strict=True)),
-                }
-            )
+            entry = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                **{f"train_{n}": v for n, v in zip(names, train_losses, strict=True)},
+                **{f"val_{n}": v for n, v in zip(names, ev.task_losses, strict=True)},
+                "gates": dict(zip(names, ev.gate_mean, strict=True)),
+            }
+            progress.history.append(entry)
             log.info(
                 "epoch %d: train loss %.5f, val loss %.5f, gates %s",
                 epoch,
                 train_loss,
-                ev.loss,
+                val_loss,
                 {n: [round(g, 3) for g in gates] for n, gates in zip(names, ev.gate_mean, strict=True)},
             )
-            if ev.loss < best_loss:
-                best_loss, best_epoch, bad_epochs = ev.loss, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            progress.epoch = epoch
+            if val_loss < progress.best_loss:
+                progress.best_loss, progress.best_epoch, progress.bad_epochs = val_loss, epoch, 0
+                progress.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
-                bad_epochs += 1
-                if bad_epochs >= mc.patience:
-                    log.info("early stop after epoch %d: best epoch %d", epoch, best_epoch)
-                    break
-        if best_state is None:
+                progress.bad_epochs += 1
+                if progress.bad_epochs >= mc.patience:
+                    log.info("early stop after epoch %d: best epoch %d", epoch, progress.best_epoch)
+                    progress.stopped = True
+            if shard.is_main:
+                save_resume(resume_file, _resume_state(progress, model, optimizer, generator, fingerprint))
+            if on_epoch is not None:
+                on_epoch(entry)
+        history = progress.history
+        if progress.best_state is None:
             raise RuntimeError(
                 f"training diverged: the validation loss is not finite ({history[-1]['val_loss']})"
             )
-        model.load_state_dict(best_state)
-        final = _evaluate(model, val, mc.batch_size, device)
+        model.load_state_dict(progress.best_state)
+        final = _evaluate(model, val, mc.batch_size, device, mc.cpu_bf16)
 
     metrics = {
         "val_loss": final.loss,
-        "best_epoch": best_epoch,
+        "best_epoch": progress.best_epoch,
         "tasks": task_metrics(
             {t.name: t.type for t in cfg.tasks},
             final.predictions.numpy(),
@@ -217,7 +423,6 @@ def train_model(
             data.val.label_mask.numpy(),
         ),
     }
-    version = model_version(cfg, run_date, data)
     meta = {
         "config": cfg.model_dump(mode="json"),
         "run_date": run_date.isoformat(),
@@ -234,8 +439,25 @@ def train_model(
         "n_train": len(data.train),
         "n_val": len(data.val),
         "device": str(device),
+        "precision": "bf16" if device.type == "cuda" or mc.cpu_bf16 else "fp32",
+        "warm_start": warm_summary,
+        "resumed_after_epoch": resumed_after,
         "torch_version": torch.__version__,
     }
-    model_dir = save_model(model, data.layout, data.vocab, meta, Path(model_root), version)
-    log.info("model %s written to %s: %s", version, model_dir, json.dumps(metrics["tasks"]))
+    if shard.world > 1:
+        digests: list[str | None] = [None] * shard.world
+        dist.all_gather_object(digests, _state_digest(model))
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"data-parallel ranks ended with different weights: {digests}")
+        meta["distributed"] = {
+            "world_size": shard.world,
+            "backend": dist.get_backend(),
+            "rank_state_sha256": digests,
+        }
+    model_dir = Path(model_root) / version
+    if shard.is_main:
+        model_dir = save_model(model, data.layout, data.vocab, meta, Path(model_root), version)
+        remove_resume(resume_file)
+        log.info("model %s written to %s: %s", version, model_dir, json.dumps(metrics["tasks"]))
+    shard.barrier()  # the other ranks return once the model directory exists
     return TrainResult(model_dir, version, metrics, history, len(data.train), len(data.val))
