@@ -70,6 +70,10 @@ class Shard:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def part(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's examples of a batch (indices): every `world`-th one, so the ranks split it evenly."""
+        return batch[self.rank :: self.world]
+
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over the ranks, in place."""
         if self.world > 1:
@@ -206,7 +210,7 @@ def _train_epoch(
     starts = range(0, len(data), batch_size)
     bar = tqdm(starts, desc=bar_desc, unit="batch", disable=not show_progress, leave=False)
     for step, start in enumerate(bar):
-        batch = data.take(order[start : start + batch_size][shard.rank :: shard.world])
+        batch = data.take(shard.part(order[start : start + batch_size]))
         with autocast(device, cpu_bf16):
             out = forward(batch.users, batch.items)
         optimizer.zero_grad(set_to_none=True)
