@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
+from model.architectures import MultiTaskModel, build_model
 from model.data import FeatureLayout, Vocabularies
-from model.mmoe import MMoE, ModelSpec
+from model.spec import ModelSpec
 
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -62,7 +63,7 @@ def verify_manifest(model_dir: Path) -> None:
 
 
 def save_model(
-    model: MMoE,
+    model: MultiTaskModel,
     layout: FeatureLayout,
     vocab: Vocabularies,
     meta: dict[str, Any],
@@ -107,7 +108,7 @@ def save_model(
 
 def load_model(
     model_dir: Path, device: torch.device | str = "cpu"
-) -> tuple[MMoE, dict[str, Any], Vocabularies]:
+) -> tuple[MultiTaskModel, dict[str, Any], Vocabularies]:
     """Rebuild the module from meta.json and load the weights (tensors only), in eval mode.
 
     The manifest is verified first (ModelIntegrityError). A weights file containing anything but tensors
@@ -118,7 +119,7 @@ def load_model(
     verify_manifest(model_dir)
     meta = json.loads((model_dir / META_FILE).read_text())
     vocab = Vocabularies.from_json(json.loads((model_dir / VOCAB_FILE).read_text()))
-    model = MMoE(ModelSpec.from_dict(meta["model_spec"]))
+    model = build_model(ModelSpec.from_dict(meta["model_spec"]))
     state = torch.load(model_dir / MODEL_FILE, map_location=device, weights_only=True)
     model.load_state_dict(state)
     return model.to(device).eval(), meta, vocab

@@ -21,10 +21,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from model.architectures import MultiTaskModel, build_model
 from model.checkpoint import save_model
 from model.data import ExampleTensors, TrainingData, load_training_data
+from model.device import precision, resolve_device
 from model.metrics import task_metrics
-from model.mmoe import MMoE, ModelSpec, precision, resolve_device
+from model.spec import ModelSpec
+from model.weighting import Balancer, make_balancer
 from nightrec.config import Config
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,7 @@ class TrainResult:
 class _Evaluation:
     loss: float
     task_losses: list[float]
-    gate_mean: list[list[float]]  # [T][E]
+    gate_mean: list[list[float]] | None  # [T][E]; None for an architecture without gates
     predictions: torch.Tensor  # [N, T] on CPU
 
 
@@ -81,7 +84,8 @@ def _deterministic_kernels(device: torch.device) -> Iterator[None]:
 
 
 def _train_epoch(
-    model: MMoE,
+    model: MultiTaskModel,
+    balancer: Balancer,
     optimizer: torch.optim.Optimizer,
     data: ExampleTensors,
     batch_size: int,
@@ -102,9 +106,9 @@ def _train_epoch(
         batch = data.take(order[start : start + batch_size])
         with precision(device):
             out = model(batch.users, batch.items)
-        loss, per_task = model.loss(out, batch.labels, batch.label_mask)
+        _, per_task = model.loss(out, batch.labels, batch.label_mask, batch.class_targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        balancer.backward(per_task)
         optimizer.step()
         sums += per_task.detach() * len(batch)
         seen += len(batch)
@@ -114,29 +118,32 @@ def _train_epoch(
 
 
 @torch.inference_mode()
-def _evaluate(model: MMoE, data: ExampleTensors, batch_size: int, device: torch.device) -> _Evaluation:
+def _evaluate(
+    model: MultiTaskModel, data: ExampleTensors, batch_size: int, device: torch.device
+) -> _Evaluation:
     """Exact per-task validation losses (each over the examples with that label), predictions, gates."""
     model.eval()
     n_tasks = len(model.spec.tasks)
     loss_sums = torch.zeros(n_tasks, device=device)
     label_counts = torch.zeros(n_tasks, device=device)
-    gate_sum = torch.zeros(n_tasks, model.spec.num_experts, device=device)
+    gate_sum: torch.Tensor | None = None
     preds = []
     for start in range(0, len(data), batch_size):
         batch = data.take(slice(start, start + batch_size))
         with precision(device):
             out = model(batch.users, batch.items)
-        _, per_task = model.loss(out, batch.labels, batch.label_mask)
+        _, per_task = model.loss(out, batch.labels, batch.label_mask, batch.class_targets)
         counts = batch.label_mask.sum(dim=0).float()
         loss_sums += per_task * counts
         label_counts += counts
-        gate_sum += out.gate_mean * len(batch)
+        if out.gate_mean is not None:
+            gate_sum = out.gate_mean * len(batch) + (0.0 if gate_sum is None else gate_sum)
         preds.append(out.predictions.cpu())
     task_losses = loss_sums / label_counts.clamp(min=1.0)
     return _Evaluation(
         loss=float((task_losses * model.task_weights).sum()),
         task_losses=task_losses.tolist(),
-        gate_mean=(gate_sum / len(data)).tolist(),
+        gate_mean=None if gate_sum is None else (gate_sum / len(data)).tolist(),
         predictions=torch.cat(preds),
     )
 
@@ -154,8 +161,13 @@ def train_model(
 
     with _deterministic_kernels(device):
         torch.manual_seed(mc.seed)
-        model = MMoE(spec).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=mc.learning_rate, weight_decay=mc.weight_decay)
+        model = build_model(spec).to(device)
+        balancer = make_balancer(mc, model, len(names))
+        optimizer = torch.optim.AdamW(
+            [{"params": model.parameters()}, {"params": balancer.parameters(), "weight_decay": 0.0}],
+            lr=mc.learning_rate,
+            weight_decay=mc.weight_decay,
+        )
         # A CPU generator: the same permutations whichever device trains.
         generator = torch.Generator().manual_seed(mc.seed)
         train, val = data.train.to(device), data.val.to(device)
@@ -165,6 +177,7 @@ def train_model(
         for epoch in range(1, mc.epochs + 1):
             train_losses = _train_epoch(
                 model,
+                balancer,
                 optimizer,
                 train,
                 mc.batch_size,
@@ -182,7 +195,8 @@ def train_model(
                     "val_loss": ev.loss,
                     **{f"train_{n}": v for n, v in zip(names, train_losses, strict=True)},
                     **{f"val_{n}": v for n, v in zip(names, ev.task_losses, strict=True)},
-                    "gates": dict(zip(names, ev.gate_mean, strict=True)),
+                    "gates": None if ev.gate_mean is None else dict(zip(names, ev.gate_mean, strict=True)),
+                    "task_weights": dict(zip(names, balancer.weights(), strict=True)),
                 }
             )
             log.info(
@@ -190,7 +204,9 @@ def train_model(
                 epoch,
                 train_loss,
                 ev.loss,
-                {n: [round(g, 3) for g in gates] for n, gates in zip(names, ev.gate_mean, strict=True)},
+                None
+                if ev.gate_mean is None
+                else {n: [round(g, 3) for g in gates] for n, gates in zip(names, ev.gate_mean, strict=True)},
             )
             if ev.loss < best_loss:
                 best_loss, best_epoch, bad_epochs = ev.loss, epoch, 0
