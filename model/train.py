@@ -49,6 +49,7 @@ class _Evaluation:
     task_losses: list[float]
     gate_mean: list[list[float]] | None  # [T][E]; None for an architecture without gates
     predictions: torch.Tensor  # [N, T] on CPU
+    class_probs: torch.Tensor  # [N, M, C] on CPU: the multiclass tasks' predicted distributions
 
 
 def model_version(cfg: Config, run_date: date, data: TrainingData) -> str:
@@ -127,7 +128,7 @@ def _evaluate(
     loss_sums = torch.zeros(n_tasks, device=device)
     label_counts = torch.zeros(n_tasks, device=device)
     gate_sum: torch.Tensor | None = None
-    preds = []
+    preds, class_probs = [], []
     for start in range(0, len(data), batch_size):
         batch = data.take(slice(start, start + batch_size))
         with precision(device):
@@ -139,12 +140,14 @@ def _evaluate(
         if out.gate_mean is not None:
             gate_sum = out.gate_mean * len(batch) + (0.0 if gate_sum is None else gate_sum)
         preds.append(out.predictions.cpu())
+        class_probs.append(torch.softmax(out.class_logits, dim=-1).cpu())
     task_losses = loss_sums / label_counts.clamp(min=1.0)
     return _Evaluation(
         loss=float((task_losses * model.task_weights).sum()),
         task_losses=task_losses.tolist(),
         gate_mean=None if gate_sum is None else (gate_sum / len(data)).tolist(),
         predictions=torch.cat(preds),
+        class_probs=torch.cat(class_probs),
     )
 
 
@@ -231,6 +234,8 @@ def train_model(
             final.predictions.numpy(),
             data.val.labels.numpy(),
             data.val.label_mask.numpy(),
+            final.class_probs.numpy(),
+            data.val.class_targets.numpy(),
         ),
     }
     version = model_version(cfg, run_date, data)

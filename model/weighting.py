@@ -78,13 +78,17 @@ class GradNorm:
     def parameters(self) -> list[nn.Parameter]:
         return [self.w]
 
+    def _normalised(self) -> torch.Tensor:
+        """The weights the next step uses: the optimizer's w, no negatives, renormalised to sum T."""
+        w = self.w.detach().clamp(min=0.0)
+        return w * (len(w) / w.sum().clamp(min=1e-12))
+
     def weights(self) -> list[float]:
-        return self.w.detach().tolist()
+        return self._normalised().tolist()
 
     def backward(self, per_task: torch.Tensor) -> torch.Tensor:
-        n = per_task.shape[0]
-        with torch.no_grad():  # the optimizer moved w since the last step: back to sum T, no negatives
-            self.w.clamp_(min=0.0).mul_(n / self.w.sum().clamp(min=1e-12))
+        with torch.no_grad():
+            self.w.copy_(self._normalised())
         if self.initial is None:
             self.initial = per_task.detach().clamp(min=1e-12)
         norms = torch.stack(
