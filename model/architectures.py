@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from model.data import ItemTensors, UserTensors
-from model.inputs import InputEncoder, ItemPart, UserPart
+from model.inputs import InputEncoder
 from model.losses import multiclass_tasks, task_losses
 from model.spec import ModelSpec
 
@@ -107,13 +107,17 @@ def _tower(in_dim: int, hidden: tuple[int, ...], dropout: float, out_dim: int) -
     return nn.Sequential(*layers)
 
 
-class MultiTaskModel(nn.Module):
-    """Input encoder, a shared part (the architecture), one tower per task, the task heads and losses."""
+class MultiTaskModel(InputEncoder):
+    """The input encoder (user part, item part, pair and grid features), a shared part (the architecture),
+    one tower per task, the task heads and losses.
+
+    It extends the encoder rather than holding one so that the embedding tables keep their top-level names
+    (`user_embedding.weight`, ...): the names warm start carries rows by, also from models of earlier versions.
+    """
 
     def __init__(self, spec: ModelSpec):
-        super().__init__()
+        super().__init__(spec)
         self.spec = spec
-        self.inputs = InputEncoder(spec)
         self.multiclass = multiclass_tasks(spec.tasks)
         self.towers = nn.ModuleList(
             _tower(
@@ -143,14 +147,8 @@ class MultiTaskModel(nn.Module):
         """Everything but the task towers: the parameters whose task gradients can conflict (PCGrad)."""
         return [p for name, p in self.named_parameters() if not name.startswith("towers.")]
 
-    def user_part(self, users: UserTensors) -> UserPart:
-        return self.inputs.user_part(users)
-
-    def item_part(self, items: ItemTensors) -> ItemPart:
-        return self.inputs.item_part(items)
-
     def head(self, x: torch.Tensor) -> ModelOutput:
-        """The shared part, towers and task heads on encoded pairs [N, inputs.out_dim]."""
+        """The shared part, towers and task heads on encoded pairs [N, out_dim]."""
         task_in, gate_mean = self.shared(x)
         outs = [tower(task_in[:, t]).float() for t, tower in enumerate(self.towers)]
         class_logits = (
@@ -175,7 +173,7 @@ class MultiTaskModel(nn.Module):
         return ModelOutput(torch.stack(logits, dim=1), torch.stack(preds, dim=1), gate_mean, class_logits)
 
     def forward(self, users: UserTensors, items: ItemTensors) -> ModelOutput:
-        return self.head(self.inputs.pair_features(self.user_part(users), self.item_part(items)))
+        return self.head(self.pair_features(self.user_part(users), self.item_part(items)))
 
     def loss(
         self,
@@ -196,7 +194,7 @@ class SharedBottom(MultiTaskModel):
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
         layers: list[nn.Module] = []
-        in_dim = self.inputs.out_dim
+        in_dim = self.out_dim
         for width in spec.expert_hidden:
             layers += [nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(spec.dropout)]
             in_dim = width
@@ -226,7 +224,7 @@ class MixtureOfExperts(MultiTaskModel):
             ]
         self.levels = nn.ModuleList(
             ExtractionLevel(
-                self.inputs.out_dim if level == 0 else hidden[-1], n_tasks, k, s, hidden, spec.dropout, gate
+                self.out_dim if level == 0 else hidden[-1], n_tasks, k, s, hidden, spec.dropout, gate
             )
             for level, (k, s, gate) in enumerate(shape)
         )

@@ -165,7 +165,7 @@ def score_users(model_dir: Path, features_dir: Path, cfg: Config, show_progress:
             block = all_users.take(slice(start, start + block_size)).to(device)
             b = len(block)
             with precision(device):
-                grid = model.inputs.grid_features(model.user_part(block), item_part)
+                grid = model.grid_features(model.user_part(block), item_part)
                 preds = model.head(grid).predictions.float().view(b, n_items, len(tasks))[..., published]
             scores = blend({tasks[j].name: preds[..., k] for k, j in enumerate(published)}).float()
             scores = scores.expand(b, n_items)

@@ -325,7 +325,7 @@ def test_din_model_output_does_not_depend_on_padded_history() -> None:
     users.history[:, 3:] = 0
     items.item.clamp_(min=1)  # index 0 is also the unknown candidate item: keep it out of the batch
     before = model(users, items).predictions
-    model.inputs.item_embedding.weight.data[0] = 7.0  # the padding row: masked out, so nothing changes
+    model.item_embedding.weight.data[0] = 7.0  # the padding row: masked out, so nothing changes
     assert torch.allclose(model(users, items).predictions, before, atol=1e-6)
 
 
