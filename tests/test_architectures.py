@@ -5,6 +5,7 @@ Training runs on the synthetic features of test_model (CPU, one thread, a few se
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import types
@@ -432,3 +433,24 @@ def test_multiclass_tasks_train_and_are_not_published(features_dir: Path, workdi
     assert sum(result.history[-1]["task_weights"].values()) == pytest.approx(4.0, rel=1e-4)
     recs = score_users(result.model_dir, features_dir, cfg, show_progress=False)
     assert [c for c in recs.columns if c.startswith("p_")] == ["p_click", "p_purchase"]
+
+
+def test_item_text_is_looked_up_by_item_id(text_encoder, tmp_path: Path) -> None:
+    items = pa.table({schema.ITEM_ID: ["b", "a"], schema.TITLE: ["Heat", None]})
+    text = item_text(items, "stand-in", TEXT_WIDTH, tmp_path)
+    assert text.vectors.shape == (2, TEXT_WIDTH) and text.vectors[1].sum() == 0  # a null title: ""
+    rows = text.rows_for(pa.array(["a", "b", "gone", "b"]))
+    assert torch.equal(rows[1], torch.from_numpy(text.vectors[0])) and torch.equal(rows[3], rows[1])
+    assert (rows[2] == 0).all() and torch.equal(rows[0], torch.from_numpy(text.vectors[1]))
+    assert item_text(items, "none", TEXT_WIDTH, tmp_path) is None
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(_spec("mmoe"), n_text=TEXT_WIDTH)).eval()
+    users, items_t = _batch(20)
+    items_t.text = torch.zeros(20, TEXT_WIDTH)
+    before = model(users, items_t).predictions
+    items_t.text = torch.ones(20, TEXT_WIDTH)
+    assert not torch.allclose(model(users, items_t).predictions, before)  # the title reaches the towers
+    items_t.text = None
+    with pytest.raises(ValueError, match="no text"):
+        model(users, items_t)
