@@ -112,7 +112,7 @@ class MultiTaskModel(InputEncoder):
     one tower per task, the task heads and losses.
 
     It extends the encoder rather than holding one so that the embedding tables keep their top-level names
-    (`user_embedding.weight`, ...): the names warm start carries rows by, also from models of earlier versions.
+    (`user_embedding.weight`, ...): the names warm start carries rows by, also from earlier models.
     """
 
     def __init__(self, spec: ModelSpec):

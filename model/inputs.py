@@ -1,4 +1,4 @@
-"""The input side of every architecture: embeddings, history pooling, item text, as a user part and an item part.
+"""The input side of every architecture: embeddings, history pooling, item text; a user part and an item part.
 
 Input per (user, item): user id embedding, pooled history item embeddings (the item table is shared with
 the target item, so history and candidate live in one space), user dense features; item id embedding, mean
@@ -11,7 +11,7 @@ an MLP over [h, t, h - t, h * t] with the candidate t. As in DIN there is no sof
 forced to sum to one, so the pooled vector also says how much of the history is relevant. We use
 1 + MLP(...) averaged over the real history items, which starts out as mean pooling and keeps the scale of
 the pooled vector independent of the history length. With DIN the user part depends on the candidate, so
-`UserPart` carries the history embeddings and the pooling happens per pair in `pair_features` / `grid_features`.
+`UserPart` carries the history embeddings and the pooling happens per pair (`pair_features`, `grid_features`).
 """
 
 from __future__ import annotations

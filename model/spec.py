@@ -1,4 +1,4 @@
-"""What a trained model is: sizes, architecture and tasks, stored in meta.json so a checkpoint is weights only.
+"""What a trained model is: sizes, architecture, tasks; stored in meta.json so a checkpoint is weights only.
 
 Any architecture is rebuilt from its `ModelSpec` alone (`model.architectures.build_model`), so a model
 directory written by one night is loaded by the scorer, the report or the next night's warm start without

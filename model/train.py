@@ -1,4 +1,4 @@
-"""Train the MMoE on a run's features, keep the best epoch by validation loss, write a model directory.
+"""Train the model on a run's features, keep the best epoch by validation loss, write a model directory.
 
 Reproducible for a given `cfg.model.seed` on a given machine and device: seeded init, a seeded
 (CPU) generator for the batch permutations, deterministic kernels on CPU. The model version is derived
