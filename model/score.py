@@ -83,7 +83,10 @@ def _check(node: ast.expr, names: list[str], expression: str) -> None:
                 raise ValueError(f"scoring.blend {expression!r}: the constant {value} is not a finite number")
         case ast.Name(id=name):
             if name not in names:
-                raise ValueError(f"scoring.blend {expression!r}: {name!r} is not a task; tasks: {names}")
+                raise ValueError(
+                    f"scoring.blend {expression!r}: {name!r} is not a binary or regression task; "
+                    f"those are: {names}"
+                )
         case _:
             raise ValueError(
                 f"scoring.blend {expression!r}: {type(node).__name__} is not allowed; use task names, "

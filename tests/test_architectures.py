@@ -433,6 +433,11 @@ def test_multiclass_tasks_train_and_are_not_published(features_dir: Path, workdi
     assert sum(result.history[-1]["task_weights"].values()) == pytest.approx(4.0, rel=1e-4)
     recs = score_users(result.model_dir, features_dir, cfg, show_progress=False)
     assert [c for c in recs.columns if c.startswith("p_")] == ["p_click", "p_purchase"]
+    blend_genre = cfg.model_copy(
+        update={"scoring": cfg.scoring.model_copy(update={"blend": "click * genre"})}
+    )
+    with pytest.raises(ValueError, match="'genre' is not a binary or regression task"):
+        score_users(result.model_dir, features_dir, blend_genre, show_progress=False)
 
 
 def test_item_text_is_looked_up_by_item_id(text_encoder, tmp_path: Path) -> None:
