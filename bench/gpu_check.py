@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -148,10 +147,7 @@ def make_config(workdir: Path, device: str, epochs: int, batch_size: int, **mode
 
 
 def architectures() -> list[str]:
-    """Every architecture of the config once model.architectures exists (the model factory); before it,
-    training builds the MMoE whatever the config says, so only that one is measured."""
-    if importlib.util.find_spec("model.architectures") is None:
-        return ["mmoe"]
+    """Every architecture the config offers."""
     return list(typing.get_args(ModelConfig.model_fields["architecture"].annotation))
 
 

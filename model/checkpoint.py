@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
+from model.architectures import MultiTaskModel, build_model
 from model.data import FeatureLayout, Vocabularies
-from model.mmoe import MMoE, ModelSpec
+from model.spec import ModelSpec
 
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -64,7 +65,7 @@ def verify_manifest(model_dir: Path) -> None:
 
 
 def save_model(
-    model: MMoE,
+    model: MultiTaskModel,
     layout: FeatureLayout,
     vocab: Vocabularies,
     meta: dict[str, Any],
@@ -126,13 +127,13 @@ def load_weights(
 
 def load_model(
     model_dir: Path, device: torch.device | str = "cpu"
-) -> tuple[MMoE, dict[str, Any], Vocabularies]:
+) -> tuple[MultiTaskModel, dict[str, Any], Vocabularies]:
     """Rebuild the module from meta.json and load the weights (see `load_weights`), in eval mode.
 
     A state_dict that does not match the module exactly fails.
     """
     state, meta, vocab = load_weights(model_dir, device)
-    model = MMoE(ModelSpec.from_dict(meta["model_spec"]))
+    model = build_model(ModelSpec.from_dict(meta["model_spec"]))
     model.load_state_dict(state)
     return model.to(device).eval(), meta, vocab
 

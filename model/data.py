@@ -95,8 +95,21 @@ class Vocabularies:
         return cls(Vocabulary(data["users"]), Vocabulary(data["items"]), Vocabulary(data["categories"]))
 
 
+def _list_label_columns(examples: pa.Table) -> list[str]:
+    """The `label_<task>` columns that hold category lists: the labels of multiclass tasks."""
+    return [
+        name
+        for name in examples.column_names
+        if name.startswith(schema.LABEL_PREFIX) and pa.types.is_list(examples.schema.field(name).type)
+    ]
+
+
 def build_vocabularies(examples: pa.Table, users: pa.Table, items: pa.Table) -> Vocabularies:
-    """Users and items of the examples and of the run-date tables; history items share the item table."""
+    """Users and items of the examples and of the run-date tables; history items share the item table.
+
+    Categories also come from the multiclass labels: a user's history may hold an item no longer in
+    `items/`, and its categories must still be classes of the target distribution.
+    """
     return Vocabularies(
         users=Vocabulary.build(examples.column(schema.USER_ID), users.column(schema.USER_ID)),
         items=Vocabulary.build(
@@ -108,6 +121,7 @@ def build_vocabularies(examples: pa.Table, users: pa.Table, items: pa.Table) -> 
         categories=Vocabulary.build(
             pc.list_flatten(examples.column(schema.CATEGORIES)),
             pc.list_flatten(items.column(schema.CATEGORIES)),
+            *(pc.list_flatten(examples.column(c)) for c in _list_label_columns(examples)),
         ),
     )
 
@@ -118,6 +132,7 @@ class FeatureLayout:
 
     Dense values are transformed by sign(x) * log1p(|x|) (log1p for the non-negative counts of the
     contract, still finite for a negative value), then standardised with the training mean and std.
+    The item text encoder and its requested size are kept so that scoring embeds titles the same way.
     """
 
     user_dense: tuple[str, ...]
@@ -126,6 +141,9 @@ class FeatureLayout:
     max_categories: int
     mean: dict[str, float]
     std: dict[str, float]
+    text_encoder: str = "none"
+    text_dim: int = 0  # the size asked of the encoder (model.text_dim)
+    text_width: int = 0  # the width it returned: the input of the model's text projection
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +153,9 @@ class FeatureLayout:
             "max_categories": self.max_categories,
             "mean": self.mean,
             "std": self.std,
+            "text_encoder": self.text_encoder,
+            "text_dim": self.text_dim,
+            "text_width": self.text_width,
         }
 
     @classmethod
@@ -146,6 +167,9 @@ class FeatureLayout:
             max_categories=int(data["max_categories"]),
             mean={k: float(v) for k, v in data["mean"].items()},
             std={k: float(v) for k, v in data["std"].items()},
+            text_encoder=str(data.get("text_encoder", "none")),  # models from before text features
+            text_dim=int(data.get("text_dim", 0)),
+            text_width=int(data.get("text_width", 0)),
         )
 
 
@@ -175,8 +199,51 @@ def _log_dense(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class ItemText:
+    """Text embeddings of the `title` of every row of `items/`, looked up by item id."""
+
+    encoder: str
+    dim: int
+    ids: pa.Array  # item ids, in the order of the rows of `vectors`
+    vectors: np.ndarray  # [n_items, D] float32
+
+    def rows_for(self, item_ids: pa.Array | pa.ChunkedArray) -> torch.Tensor:
+        """[N, D] embeddings of the given items; zeros for an item that is not in `items/`."""
+        rows = pc.fill_null(pc.index_in(_as_string(item_ids), value_set=self.ids), -1).to_numpy(
+            zero_copy_only=False
+        )
+        padded = np.vstack([self.vectors, np.zeros((1, self.vectors.shape[1]), np.float32)])
+        return torch.from_numpy(padded[rows])  # -1 picks the zero row
+
+
+def item_text(items: pa.Table, encoder: str, dim: int, cache_dir: Path) -> ItemText | None:
+    """Embed each item's title once per night; None when text features are off (`encoder` "none")."""
+    if encoder == "none":
+        return None
+    from model.text_encoder import item_text_embeddings  # heavy (sentence encoders): only when used
+
+    require_columns(items, [schema.ITEM_ID, schema.TITLE], "items")
+    titles = pc.fill_null(_as_string(items.column(schema.TITLE)), "").to_pylist()
+    vectors = np.asarray(item_text_embeddings(titles, encoder, dim, Path(cache_dir)), dtype=np.float32)
+    if vectors.shape[0] != items.num_rows:
+        raise ValueError(
+            f"text encoder {encoder!r} returned {vectors.shape[0]} rows for {items.num_rows} items"
+        )
+    return ItemText(encoder, dim, _as_string(items.column(schema.ITEM_ID)).combine_chunks(), vectors)
+
+
+def text_cache_dir(cfg: Config) -> Path:
+    """Where the text encoder keeps what it may reuse between nights: `<workdir>/text-cache`."""
+    return Path(cfg.data.workdir) / "text-cache"
+
+
 def fit_layout(
-    examples: pa.Table, items: pa.Table, train_rows: np.ndarray, history_length: int
+    examples: pa.Table,
+    items: pa.Table,
+    train_rows: np.ndarray,
+    history_length: int,
+    text: ItemText | None = None,
 ) -> FeatureLayout:
     """Feature columns from the examples; normalisation statistics from the training rows only."""
     require_columns(examples, [schema.HISTORY, schema.CATEGORIES], "examples")
@@ -197,6 +264,11 @@ def fit_layout(
         max_categories=max(1, *lengths),
         mean={c: float(m) for c, m in zip(columns, mean, strict=True)},
         std={c: float(s) for c, s in zip(columns, std, strict=True)},
+        **(
+            {}
+            if text is None
+            else {"text_encoder": text.encoder, "text_dim": text.dim, "text_width": text.vectors.shape[1]}
+        ),
     )
 
 
@@ -232,6 +304,8 @@ class TensorGroup:
 
     def apply(self, fn) -> Self:
         def one(value):
+            if value is None:  # an optional tensor the data does not have
+                return None
             return value.apply(fn) if isinstance(value, TensorGroup) else fn(value)
 
         return type(self)(**{f.name: one(getattr(self, f.name)) for f in fields(self)})  # type: ignore[arg-type]
@@ -259,14 +333,20 @@ class ItemTensors(TensorGroup):
     item: torch.Tensor  # [N] int32
     categories: torch.Tensor  # [N, C] int32, 0 = padding
     dense: torch.Tensor  # [N, Di] float32, normalised
+    text: torch.Tensor | None = (
+        None  # [N, D] float32 item text embedding; None: the model has no text features
+    )
 
 
 @dataclass
 class ExampleTensors(TensorGroup):
     users: UserTensors
     items: ItemTensors
-    labels: torch.Tensor  # [N, T] float32, 0 where missing
+    labels: torch.Tensor  # [N, T] float32, 0 where missing (and for multiclass tasks)
     label_mask: torch.Tensor  # [N, T] bool: the example carries this task's label
+    class_targets: (
+        torch.Tensor
+    )  # [N, M, C] float32: target distribution of each multiclass task (0 if masked)
 
 
 def user_tensors(table: pa.Table, vocab: Vocabularies, layout: FeatureLayout) -> UserTensors:
@@ -280,37 +360,96 @@ def user_tensors(table: pa.Table, vocab: Vocabularies, layout: FeatureLayout) ->
     )
 
 
-def item_tensors(table: pa.Table, vocab: Vocabularies, layout: FeatureLayout) -> ItemTensors:
+def item_tensors(
+    table: pa.Table, vocab: Vocabularies, layout: FeatureLayout, text: ItemText | None = None
+) -> ItemTensors:
+    """`text` is the item text of the `items/` table; rows of `table` are matched to it by item id."""
     require_columns(table, [schema.ITEM_ID, schema.CATEGORIES, *layout.item_dense], "item features")
+    if layout.text_width and text is None:
+        raise ValueError(f"the model uses item text ({layout.text_encoder}), but no item text was given")
     return ItemTensors(
         item=torch.from_numpy(vocab.items.lookup(table.column(schema.ITEM_ID))),
         categories=padded_indices(
             table.column(schema.CATEGORIES), vocab.categories, layout.max_categories, keep_last=False
         ),
         dense=_normalised_dense(table, layout.item_dense, layout),
+        text=text.rows_for(table.column(schema.ITEM_ID)) if layout.text_width else None,
     )
 
 
 def label_tensors(table: pa.Table, tasks: list[TaskConfig]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N, T] labels and mask; a null label (a regression example without the event) is masked out."""
+    """[N, T] labels and mask; a null label (a regression example without the event) is masked out.
+
+    A multiclass task's label is 0 here (its target is in `class_targets`), masked out where its list is
+    null or empty.
+    """
     columns = [schema.label_column(t.name) for t in tasks]
     require_columns(table, columns, "examples")
     values = np.stack(
-        [pc.cast(table.column(c), pa.float64()).to_numpy(zero_copy_only=False) for c in columns], axis=1
+        [
+            np.where(
+                pc.fill_null(pc.list_value_length(table.column(c)), 0).to_numpy(zero_copy_only=False) > 0,
+                0.0,
+                np.nan,
+            )
+            if t.type == "multiclass"
+            else pc.cast(table.column(c), pa.float64()).to_numpy(zero_copy_only=False)
+            for t, c in zip(tasks, columns, strict=True)
+        ],
+        axis=1,
     ).reshape(table.num_rows, len(columns))
     mask = ~np.isnan(values)
     return torch.from_numpy(np.where(mask, values, 0.0).astype(np.float32)), torch.from_numpy(mask)
 
 
+def category_distribution(column: pa.ChunkedArray, vocab: Vocabulary) -> np.ndarray:
+    """[N, C] float32: each row's category counts (repeats count) normalised to sum 1; index 0 stays 0, and
+    a row with no known category is all zeros."""
+    n = len(column)
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    index = vocab.lookup(pc.list_flatten(column)).astype(np.int64)
+    rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    counts = np.zeros((n, vocab.size), dtype=np.float64)
+    np.add.at(counts, (rows, index), 1.0)
+    counts[:, 0] = 0.0
+    total = counts.sum(axis=1, keepdims=True)
+    return (counts / np.where(total > 0, total, 1.0)).astype(np.float32)
+
+
+def class_target_tensor(
+    table: pa.Table, tasks: list[TaskConfig], vocab: Vocabularies
+) -> tuple[torch.Tensor, np.ndarray]:
+    """([N, M, C] targets of the M multiclass tasks, [N, M] bool rows with a target)."""
+    targets = [
+        category_distribution(table.column(schema.label_column(t.name)), vocab.categories)
+        for t in tasks
+        if t.type == "multiclass"
+    ]
+    out = (
+        np.stack(targets, axis=1)
+        if targets
+        else np.zeros((table.num_rows, 0, vocab.categories.size), np.float32)
+    )
+    return torch.from_numpy(out), out.sum(axis=2) > 0
+
+
 def example_tensors(
-    table: pa.Table, vocab: Vocabularies, layout: FeatureLayout, tasks: list[TaskConfig]
+    table: pa.Table,
+    vocab: Vocabularies,
+    layout: FeatureLayout,
+    tasks: list[TaskConfig],
+    text: ItemText | None = None,
 ) -> ExampleTensors:
     labels, mask = label_tensors(table, tasks)
+    targets, has_target = class_target_tensor(table, tasks, vocab)
+    multiclass = [t for t, task in enumerate(tasks) if task.type == "multiclass"]
+    mask[:, multiclass] &= torch.from_numpy(has_target)  # a list of unknown categories only: no target
     return ExampleTensors(
         users=user_tensors(table, vocab, layout),
-        items=item_tensors(table, vocab, layout),
+        items=item_tensors(table, vocab, layout, text),
         labels=labels,
         label_mask=mask,
+        class_targets=targets,
     )
 
 
@@ -360,8 +499,9 @@ def load_training_data(features_dir: Path, cfg: Config, run_date: date) -> Train
     days = examples.column(schema.DAY).to_numpy()
     train_rows, val_rows = split_by_day(days, run_date, cfg.model.validation_days)
     vocab = build_vocabularies(examples, users, items)
-    layout = fit_layout(examples, items, train_rows, cfg.features.history_length)
-    full = example_tensors(examples, vocab, layout, cfg.tasks)
+    text = item_text(items, cfg.model.text_encoder, cfg.model.text_dim, text_cache_dir(cfg))
+    layout = fit_layout(examples, items, train_rows, cfg.features.history_length, text)
+    full = example_tensors(examples, vocab, layout, cfg.tasks, text)
     return TrainingData(
         vocab=vocab,
         layout=layout,

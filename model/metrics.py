@@ -47,21 +47,52 @@ def rmse(targets: np.ndarray, preds: np.ndarray) -> float:
     return float(np.sqrt(np.mean(diff * diff)))
 
 
+def cross_entropy(targets: np.ndarray, probs: np.ndarray, eps: float = LOGLOSS_EPS) -> float:
+    """Mean cross-entropy of predicted distributions [N, C] against target distributions [N, C]."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1.0)
+    return float(-np.mean((np.asarray(targets, dtype=np.float64) * np.log(p)).sum(axis=1)))
+
+
+def top1_accuracy(targets: np.ndarray, probs: np.ndarray) -> float:
+    """Share of rows whose most probable class is a most frequent class of the target (ties all count)."""
+    targets = np.asarray(targets, dtype=np.float64)
+    predicted = np.argmax(probs, axis=1)
+    best = targets.max(axis=1)
+    return float(np.mean(targets[np.arange(len(targets)), predicted] >= best))
+
+
 def task_metrics(
-    task_types: dict[str, str], preds: np.ndarray, labels: np.ndarray, mask: np.ndarray
+    task_types: dict[str, str],
+    preds: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    class_probs: np.ndarray | None = None,
+    class_targets: np.ndarray | None = None,
 ) -> dict[str, dict[str, float | int | None]]:
     """Per-task metrics over the examples that carry that task's label.
 
     `preds`, `labels`, `mask` are [N, T] with the columns in the order of `task_types`. For an ESMM
     child the prediction is the joint probability, scored against the child's label over all examples:
-    the same quantity the model is trained on and the one the blend uses.
+    the same quantity the model is trained on and the one the blend uses. Multiclass tasks are scored on
+    `class_probs` and `class_targets` [N, M, C] (M: the multiclass tasks, in task order).
     """
     out: dict[str, dict[str, float | int | None]] = {}
+    multiclass = [name for name, kind in task_types.items() if kind == "multiclass"]
+    if multiclass and (class_probs is None or class_targets is None):
+        raise ValueError(f"multiclass tasks {multiclass} need class_probs and class_targets")
     for t, (name, kind) in enumerate(task_types.items()):
         m = mask[:, t]
         y, p = labels[m, t].astype(np.float64), preds[m, t].astype(np.float64)
         if y.size == 0:
             out[name] = {"n": 0}
+        elif kind == "multiclass":
+            j = multiclass.index(name)
+            target, prob = class_targets[m, j], class_probs[m, j]
+            out[name] = {
+                "n": int(y.size),
+                "cross_entropy": cross_entropy(target, prob),
+                "top1_accuracy": top1_accuracy(target, prob),
+            }
         elif kind == "binary":
             out[name] = {
                 "n": int(y.size),

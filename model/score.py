@@ -2,8 +2,13 @@
 
 Users go in blocks of `cfg.scoring.user_batch_size`; a block is one batch of block x all items. Each
 user and each item is encoded once (embeddings, pooling) and only the concatenation is broadcast over
-the grid, so the cost per block is the expert/tower MLP on block x items rows. Peak memory is about
-block x items x num_experts x expert_hidden[0] x 4 bytes: lower `user_batch_size` for large catalogues.
+the grid, so the cost per block is the expert/tower MLP on block x items rows. With DIN history pooling
+the user's history embeddings are looked up once per block and only the attention runs per pair, batched
+over the grid. Peak memory is about block x items x max(experts x expert_hidden[0], history_length x 32)
+x 4 bytes: lower `user_batch_size` for large catalogues.
+
+Multiclass tasks (category distributions) rank nothing: they get no p_<task> column and the blend cannot
+name them.
 
 The ranking score is `cfg.scoring.blend`, an arithmetic expression over task names. It comes from a
 config file, so it is parsed with `ast` and only numbers, task names, + - * / ** and unary minus are
@@ -25,8 +30,9 @@ import torch
 from tqdm.auto import tqdm
 
 from model.checkpoint import load_model
-from model.data import FeatureLayout, item_tensors, read_features, user_tensors
-from model.mmoe import TaskSpec, precision, resolve_device
+from model.data import FeatureLayout, item_tensors, item_text, read_features, text_cache_dir, user_tensors
+from model.device import precision, resolve_device
+from model.spec import TaskSpec
 from nightrec import schema
 from nightrec.config import Config
 
@@ -47,7 +53,7 @@ def compile_blend(expression: str | None, tasks: Sequence[TaskSpec]) -> Blend:
     `None` means the product of the binary tasks' predictions: with ESMM children (joint probabilities)
     that is a probability-like score in [0, 1].
     """
-    names = [t.name for t in tasks]
+    names = [t.name for t in tasks if t.type != "multiclass"]
     if expression is None:
         binary = [t.name for t in tasks if t.type == "binary"]
         if not binary:
@@ -77,7 +83,10 @@ def _check(node: ast.expr, names: list[str], expression: str) -> None:
                 raise ValueError(f"scoring.blend {expression!r}: the constant {value} is not a finite number")
         case ast.Name(id=name):
             if name not in names:
-                raise ValueError(f"scoring.blend {expression!r}: {name!r} is not a task; tasks: {names}")
+                raise ValueError(
+                    f"scoring.blend {expression!r}: {name!r} is not a binary or regression task; "
+                    f"those are: {names}"
+                )
         case _:
             raise ValueError(
                 f"scoring.blend {expression!r}: {type(node).__name__} is not allowed; use task names, "
@@ -135,6 +144,7 @@ def score_users(model_dir: Path, features_dir: Path, cfg: Config, show_progress:
     model, meta, vocab = load_model(Path(model_dir), device)
     tasks = model.spec.tasks
     blend = compile_blend(cfg.scoring.blend, tasks)
+    published = [j for j, t in enumerate(tasks) if t.type != "multiclass"]
     layout = FeatureLayout.from_dict(meta["layout"])
     # Sorted by id: Spark's part files have no fixed row order, and ties are broken by item position.
     users = read_features(features_dir, schema.USERS).sort_by(schema.USER_ID)
@@ -149,26 +159,19 @@ def score_users(model_dir: Path, features_dir: Path, cfg: Config, show_progress:
     block_size = cfg.scoring.user_batch_size
     parts: dict[str, list[np.ndarray]] = {"user": [], "rank": [], "item": [], "score": [], "preds": []}
 
+    text = item_text(items, layout.text_encoder, layout.text_dim, text_cache_dir(cfg))
     with torch.inference_mode():
         with precision(device):
-            item_part = model.item_part(item_tensors(items, vocab, layout).to(device))
+            item_part = model.item_part(item_tensors(items, vocab, layout, text).to(device))
         bar = tqdm(total=n_users, unit="user", desc="scoring", disable=not show_progress)
         for start in range(0, n_users, block_size):
             block = all_users.take(slice(start, start + block_size)).to(device)
             b = len(block)
             with precision(device):
-                user_part = model.user_part(block)
-                grid = torch.cat(
-                    [
-                        user_part[:, None, :].expand(b, n_items, -1),
-                        item_part[None, :, :].expand(b, n_items, -1),
-                    ],
-                    dim=2,
-                )
-                preds = (
-                    model.head(grid.reshape(b * n_items, -1)).predictions.float().view(b, n_items, len(tasks))
-                )
-            scores = blend({t.name: preds[..., j] for j, t in enumerate(tasks)}).float().expand(b, n_items)
+                grid = model.grid_features(model.user_part(block), item_part)
+                preds = model.head(grid).predictions.float().view(b, n_items, len(tasks))[..., published]
+            scores = blend({tasks[j].name: preds[..., k] for k, j in enumerate(published)}).float()
+            scores = scores.expand(b, n_items)
             if torch.isnan(scores).any():
                 raise ValueError(f"scoring.blend {cfg.scoring.blend!r} gives NaN for some predictions")
 
@@ -197,14 +200,17 @@ def score_users(model_dir: Path, features_dir: Path, cfg: Config, show_progress:
 
     user_rows = joined("user", np.empty(0, np.int64))
     item_rows = joined("item", np.empty(0, np.int64))
-    preds_all = joined("preds", np.empty((0, len(tasks))))
+    preds_all = joined("preds", np.empty((0, len(published))))
     table = pa.table(
         {
             schema.USER_ID: pc.cast(users.column(schema.USER_ID).take(pa.array(user_rows)), pa.string()),
             "rank": pa.array(joined("rank", np.empty(0, np.int32))),
             schema.ITEM_ID: pc.cast(items.column(schema.ITEM_ID).take(pa.array(item_rows)), pa.string()),
             "score": pa.array(joined("score", np.empty(0))),
-            **{schema.probability_column(t.name): pa.array(preds_all[:, j]) for j, t in enumerate(tasks)},
+            **{
+                schema.probability_column(tasks[j].name): pa.array(preds_all[:, k])
+                for k, j in enumerate(published)
+            },
             "model_version": pa.array([meta["version"]] * len(user_rows), pa.string()),
         }
     )

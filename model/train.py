@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import date, timedelta
@@ -34,11 +35,14 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from model.architectures import MultiTaskModel, build_model
 from model.checkpoint import load_resume, remove_resume, resume_path, save_model, save_resume
 from model.data import ExampleTensors, TensorGroup, TrainingData, load_training_data
+from model.device import precision, resolve_device
 from model.metrics import task_metrics
-from model.mmoe import MMoE, ModelSpec, precision, resolve_device
+from model.spec import ModelSpec
 from model.warm_start import warm_start
+from model.weighting import Balancer, make_balancer
 from nightrec.config import Config
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,8 @@ class TrainResult:
     history: list[dict[str, Any]]
     n_train: int
     n_val: int
+    epoch_seconds: list[float]  # wall time of each training pass run in this process (not in the history:
+    # the history is part of the reproducible result, timings are not)
 
 
 @dataclass(frozen=True)
@@ -95,8 +101,9 @@ class Shard:
 class _Evaluation:
     loss: float
     task_losses: list[float]
-    gate_mean: list[list[float]]  # [T][E]
+    gate_mean: list[list[float]] | None  # [T][E]; None for an architecture without gates
     predictions: torch.Tensor  # [N, T] on CPU
+    class_probs: torch.Tensor  # [N, M, C] on CPU: the multiclass tasks' predicted distributions
 
 
 @dataclass
@@ -130,9 +137,13 @@ def model_version(cfg: Config, run_date: date, data: TrainingData, warm_from: st
 
 
 def _tensors(group: TensorGroup) -> Iterator[torch.Tensor]:
+    """Every tensor of the group, nested groups included; optional tensors the data lacks are skipped."""
     for f in fields(group):  # type: ignore[arg-type]
         value = getattr(group, f.name)
-        yield from _tensors(value) if isinstance(value, TensorGroup) else (value,)
+        if isinstance(value, TensorGroup):
+            yield from _tensors(value)
+        elif value is not None:
+            yield value
 
 
 def _inputs_fingerprint(version: str, data: TrainingData, shard: Shard) -> str:
@@ -164,28 +175,16 @@ def _deterministic_kernels(device: torch.device) -> Iterator[None]:
 
 
 def autocast(device: torch.device, cpu_bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (model.mmoe.precision), and on CPU too when `model.cpu_bf16` asks for it
+    """bf16 autocast on CUDA (model.device.precision), and on CPU too when `model.cpu_bf16` asks for it
     (a gain on CPUs with AMX; elsewhere bf16 matmuls can be slower than float32)."""
     if device.type == "cpu" and cpu_bf16:
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return precision(device)
 
 
-# --- MERGE POINT (architectures): the one place the module is built. ---
-def _build_model(spec: ModelSpec) -> MMoE:
-    return MMoE(spec)
-
-
-# --- MERGE POINT (loss weighting): the one place the loss is turned into gradients. ---
-def _backward(model: MMoE, out: Any, batch: ExampleTensors) -> torch.Tensor:
-    """Backpropagate the weighted task losses; returns the per-task losses [T] (for logging)."""
-    loss, per_task = model.loss(out, batch.labels, batch.label_mask)
-    loss.backward()
-    return per_task
-
-
 def _train_epoch(
-    model: MMoE,
+    model: MultiTaskModel,
+    balancer: Balancer,
     forward: nn.Module,
     optimizer: torch.optim.Optimizer,
     data: ExampleTensors,
@@ -213,8 +212,9 @@ def _train_epoch(
         batch = data.take(shard.part(order[start : start + batch_size]))
         with autocast(device, cpu_bf16):
             out = forward(batch.users, batch.items)
+        _, per_task = model.loss(out, batch.labels, batch.label_mask, batch.class_targets)
         optimizer.zero_grad(set_to_none=True)
-        per_task = _backward(model, out, batch)
+        balancer.backward(per_task)
         optimizer.step()
         sums += per_task.detach() * len(batch)
         seen += len(batch)
@@ -227,37 +227,41 @@ def _train_epoch(
 
 @torch.inference_mode()
 def _evaluate(
-    model: MMoE, data: ExampleTensors, batch_size: int, device: torch.device, cpu_bf16: bool
+    model: MultiTaskModel, data: ExampleTensors, batch_size: int, device: torch.device, cpu_bf16: bool
 ) -> _Evaluation:
     """Exact per-task validation losses (each over the examples with that label), predictions, gates."""
     model.eval()
     n_tasks = len(model.spec.tasks)
     loss_sums = torch.zeros(n_tasks, device=device)
     label_counts = torch.zeros(n_tasks, device=device)
-    gate_sum = torch.zeros(n_tasks, model.spec.num_experts, device=device)
-    preds = []
+    gate_sum: torch.Tensor | None = None
+    preds, class_probs = [], []
     for start in range(0, len(data), batch_size):
         batch = data.take(slice(start, start + batch_size))
         with autocast(device, cpu_bf16):
             out = model(batch.users, batch.items)
-        _, per_task = model.loss(out, batch.labels, batch.label_mask)
+        _, per_task = model.loss(out, batch.labels, batch.label_mask, batch.class_targets)
         counts = batch.label_mask.sum(dim=0).float()
         loss_sums += per_task * counts
         label_counts += counts
-        gate_sum += out.gate_mean * len(batch)
+        if out.gate_mean is not None:
+            gate_sum = out.gate_mean * len(batch) + (0.0 if gate_sum is None else gate_sum)
         preds.append(out.predictions.cpu())
+        class_probs.append(torch.softmax(out.class_logits, dim=-1).cpu())
     task_losses = loss_sums / label_counts.clamp(min=1.0)
     return _Evaluation(
         loss=float((task_losses * model.task_weights).sum()),
         task_losses=task_losses.tolist(),
-        gate_mean=(gate_sum / len(data)).tolist(),
+        gate_mean=None if gate_sum is None else (gate_sum / len(data)).tolist(),
         predictions=torch.cat(preds),
+        class_probs=torch.cat(class_probs),
     )
 
 
 def _resume_state(
     progress: _Progress,
     model: nn.Module,
+    balancer: Balancer,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     fingerprint: str,
@@ -266,6 +270,7 @@ def _resume_state(
         "fingerprint": fingerprint,
         "progress": asdict(progress),
         "model": model.state_dict(),
+        "balancer": [p.detach().clone() for p in balancer.parameters()],
         "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
@@ -276,11 +281,15 @@ def _resume_state(
 def _restore(
     state: dict[str, Any],
     model: nn.Module,
+    balancer: Balancer,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     device: torch.device,
 ) -> _Progress:
     model.load_state_dict(state["model"])
+    with torch.no_grad():  # learned task weights (uncertainty, GradNorm) live outside the module
+        for param, saved in zip(balancer.parameters(), state["balancer"], strict=True):
+            param.copy_(saved)
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
@@ -341,9 +350,14 @@ def train_model(
 
     with _deterministic_kernels(device):
         torch.manual_seed(mc.seed)
-        model = _build_model(spec).to(device)
+        model = build_model(spec).to(device)
         warm_summary = warm_start(model, warm_from, data.vocab) if warm_from is not None else None
-        optimizer = torch.optim.AdamW(model.parameters(), lr=mc.learning_rate, weight_decay=mc.weight_decay)
+        balancer = make_balancer(mc, model, len(names))
+        optimizer = torch.optim.AdamW(
+            [{"params": model.parameters()}, {"params": balancer.parameters(), "weight_decay": 0.0}],
+            lr=mc.learning_rate,
+            weight_decay=mc.weight_decay,
+        )
         # A CPU generator: the same permutations whichever device trains, and on every rank.
         generator = torch.Generator().manual_seed(mc.seed)
         progress = _Progress()
@@ -352,7 +366,7 @@ def train_model(
             log.warning("%s was written for other inputs: starting over", resume_file)
             saved = None
         if saved is not None:
-            progress = _restore(saved, model, optimizer, generator, device)
+            progress = _restore(saved, model, balancer, optimizer, generator, device)
             log.info("resuming after epoch %d from %s", progress.epoch, resume_file)
         resumed_after = progress.epoch
         forward: nn.Module = model
@@ -361,11 +375,14 @@ def train_model(
             forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         train, val = data.train.to(device), data.val.to(device)
 
+        epoch_seconds: list[float] = []
         for epoch in range(progress.epoch + 1, mc.epochs + 1):
             if progress.stopped:
                 break
+            epoch_start = time.perf_counter()
             train_losses = _train_epoch(
                 model,
+                balancer,
                 forward,
                 optimizer,
                 train,
@@ -377,6 +394,7 @@ def train_model(
                 f"epoch {epoch}/{mc.epochs}",
                 show_progress and shard.is_main,
             )
+            epoch_seconds.append(time.perf_counter() - epoch_start)
             ev = _evaluate(model, val, mc.batch_size, device, mc.cpu_bf16)
             val_loss = float(shard.from_main(torch.tensor([ev.loss], device=device)).item())
             train_loss = sum(t.weight * v for t, v in zip(cfg.tasks, train_losses, strict=True))
@@ -386,7 +404,8 @@ def train_model(
                 "val_loss": val_loss,
                 **{f"train_{n}": v for n, v in zip(names, train_losses, strict=True)},
                 **{f"val_{n}": v for n, v in zip(names, ev.task_losses, strict=True)},
-                "gates": dict(zip(names, ev.gate_mean, strict=True)),
+                "gates": None if ev.gate_mean is None else dict(zip(names, ev.gate_mean, strict=True)),
+                "task_weights": dict(zip(names, balancer.weights(), strict=True)),
             }
             progress.history.append(entry)
             log.info(
@@ -394,7 +413,9 @@ def train_model(
                 epoch,
                 train_loss,
                 val_loss,
-                {n: [round(g, 3) for g in gates] for n, gates in zip(names, ev.gate_mean, strict=True)},
+                None
+                if ev.gate_mean is None
+                else {n: [round(g, 3) for g in gates] for n, gates in zip(names, ev.gate_mean, strict=True)},
             )
             progress.epoch = epoch
             if val_loss < progress.best_loss:
@@ -406,7 +427,9 @@ def train_model(
                     log.info("early stop after epoch %d: best epoch %d", epoch, progress.best_epoch)
                     progress.stopped = True
             if shard.is_main:
-                save_resume(resume_file, _resume_state(progress, model, optimizer, generator, fingerprint))
+                save_resume(
+                    resume_file, _resume_state(progress, model, balancer, optimizer, generator, fingerprint)
+                )
             if on_epoch is not None:
                 on_epoch(entry)
         history = progress.history
@@ -425,6 +448,8 @@ def train_model(
             final.predictions.numpy(),
             data.val.labels.numpy(),
             data.val.label_mask.numpy(),
+            final.class_probs.numpy(),
+            data.val.class_targets.numpy(),
         ),
     }
     meta = {
@@ -464,4 +489,4 @@ def train_model(
         remove_resume(resume_file)
         log.info("model %s written to %s: %s", version, model_dir, json.dumps(metrics["tasks"]))
     shard.barrier()  # the other ranks return once the model directory exists
-    return TrainResult(model_dir, version, metrics, history, len(data.train), len(data.val))
+    return TrainResult(model_dir, version, metrics, history, len(data.train), len(data.val), epoch_seconds)

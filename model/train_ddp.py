@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from model.mmoe import resolve_device
+from model.device import resolve_device
 from model.train import Shard, train_model
 from nightrec.config import Config, load_config
 

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from model.architectures import build_model
 from model.checkpoint import (
     MANIFEST_FILE,
     META_FILE,
@@ -40,8 +41,8 @@ from model.data import (
     split_by_day,
 )
 from model.metrics import roc_auc, task_metrics
-from model.mmoe import MMoE, ModelSpec, TaskSpec
 from model.score import compile_blend, score_users
+from model.spec import ModelSpec, TaskSpec
 from model.train import train_model
 from nightrec import schema
 from nightrec.config import Config
@@ -343,7 +344,7 @@ def test_a_model_directory_that_does_not_match_its_manifest_is_refused(
         load_model(tampered)
 
 
-def _random_model(seed: int = 0) -> tuple[MMoE, ModelSpec]:
+def _random_model(seed: int = 0) -> tuple[torch.nn.Module, ModelSpec]:
     torch.manual_seed(seed)
     spec = ModelSpec(
         n_users=30,
@@ -363,7 +364,7 @@ def _random_model(seed: int = 0) -> tuple[MMoE, ModelSpec]:
             TaskSpec("spend", "regression", 0.1, None),
         ),
     )
-    return MMoE(spec).eval(), spec
+    return build_model(spec).eval(), spec
 
 
 def test_esmm_child_never_exceeds_its_parent(trained, features_dir: Path, cfg: Config) -> None:

@@ -1,0 +1,253 @@
+"""The multi-task architectures over one input encoder (model/inputs.py), chosen by `model.architecture`.
+
+- shared_bottom: one MLP shared by all tasks under per-task towers (the baseline every MTL paper beats).
+- mmoe (Ma et al., KDD 2018): shared experts, one softmax gate per task mixing them.
+- ple (Tang et al., RecSys 2020): Progressive Layered Extraction. Each level has shared experts and experts of
+  each task; a task's gate mixes its own and the shared experts, and on every level but the last a shared gate
+  mixes all experts into the input of the next level's shared experts. Task-specific experts of level l > 1
+  read their task's output of level l - 1.
+
+MMoE is one PLE-style level with no task experts and no shared gate, so both run the same `ExtractionLevel`.
+All experts of a level are one batched computation (weights [E, in, out] applied with einsum), never a Python
+loop over experts; gates are one batched computation too. Every architecture exposes the mean gate weight per
+task over the experts of its last level ([T, E], for logging); shared bottom has none.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from model.data import ItemTensors, UserTensors
+from model.inputs import InputEncoder
+from model.losses import multiclass_tasks, task_losses
+from model.spec import ModelSpec
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor  # [N, T] float32: tower outputs (regression: the value; multiclass: the top class's)
+    predictions: torch.Tensor  # [N, T]: probability, ESMM joint, regression value, multiclass top-class prob
+    gate_mean: torch.Tensor | None  # [T, E] mean gate weight per expert per task (detached); None: no gates
+    class_logits: torch.Tensor  # [N, M, C] logits of the M multiclass tasks over the category vocabulary
+
+
+class BatchedLinear(nn.Module):
+    """`groups` independent Linear layers in one einsum: input [N, in] (shared by all) or [N, groups, in]."""
+
+    def __init__(self, groups: int, in_dim: int, out_dim: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default init, per group
+        self.weight = nn.Parameter(torch.empty(groups, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(groups, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pattern = "ni,gio->ngo" if x.dim() == 2 else "ngi,gio->ngo"
+        return torch.einsum(pattern, x, self.weight) + self.bias
+
+
+class ExtractionLevel(nn.Module):
+    """One level of experts and gates. Experts are ordered [task 0's k, ..., task T-1's k, shared s].
+
+    Input: [N, in] on the first level (everything reads it), else [N, T + 1, in] (each task's output of the
+    previous level, then the shared one). Output: [N, T, H] on the last level, else [N, T + 1, H].
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_tasks: int,
+        task_experts: int,
+        shared_experts: int,
+        hidden: tuple[int, ...],
+        dropout: float,
+        shared_gate: bool,
+    ):
+        super().__init__()
+        n_experts = n_tasks * task_experts + shared_experts
+        shared = list(range(n_tasks * task_experts, n_experts))
+        choice = [list(range(t * task_experts, (t + 1) * task_experts)) + shared for t in range(n_tasks)]
+        group = [t for t in range(n_tasks) for _ in range(task_experts)] + [n_tasks] * shared_experts
+        self.register_buffer("expert_group", torch.tensor(group), persistent=False)
+        self.register_buffer("task_choice", torch.tensor(choice), persistent=False)  # [T, k + s]
+        widths = (in_dim, *hidden)
+        self.experts = nn.ModuleList(
+            BatchedLinear(n_experts, a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.task_gates = BatchedLinear(n_tasks, in_dim, task_experts + shared_experts)
+        self.shared_gate = nn.Linear(in_dim, n_experts) if shared_gate else None
+        self.dropout = nn.Dropout(dropout)
+        self.n_tasks, self.n_experts = n_tasks, n_experts
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outputs, task gates [N, T, E] with zeros for the experts a task does not see)."""
+        first = x.dim() == 2
+        h = x if first else x[:, self.expert_group]
+        for layer in self.experts:
+            h = self.dropout(torch.relu(layer(h)))  # [N, E, H]
+        n = h.shape[0]
+        chosen = torch.softmax(self.task_gates(x if first else x[:, : self.n_tasks]).float(), dim=-1)
+        gates = chosen.new_zeros(n, self.n_tasks, self.n_experts)
+        gates.scatter_(2, self.task_choice.expand(n, -1, -1), chosen)
+        out = torch.einsum("nte,neh->nth", gates.to(h.dtype), h)
+        if self.shared_gate is not None:
+            shared = torch.softmax(self.shared_gate(x if first else x[:, self.n_tasks]).float(), dim=-1)
+            out = torch.cat([out, torch.einsum("ne,neh->nh", shared.to(h.dtype), h)[:, None]], dim=1)
+        return out, gates
+
+
+def _tower(in_dim: int, hidden: tuple[int, ...], dropout: float, out_dim: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(dropout)]
+        in_dim = width
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class MultiTaskModel(InputEncoder):
+    """The input encoder (user part, item part, pair and grid features), a shared part (the architecture),
+    one tower per task, the task heads and losses.
+
+    It extends the encoder rather than holding one so that the embedding tables keep their top-level names
+    (`user_embedding.weight`, ...): the names warm start carries rows by, also from earlier models.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        self.spec = spec
+        self.multiclass = multiclass_tasks(spec.tasks)
+        self.towers = nn.ModuleList(
+            _tower(
+                spec.expert_hidden[-1],
+                spec.tower_hidden,
+                spec.dropout,
+                spec.n_categories if t.type == "multiclass" else 1,
+            )
+            for t in spec.tasks
+        )
+        self.register_buffer(
+            "task_weights",
+            torch.tensor([t.weight for t in spec.tasks], dtype=torch.float32),
+            persistent=False,
+        )
+
+    def shared(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tower inputs [N, T, H] and the mean task gates [T, E] (None without gates)."""
+        raise NotImplementedError
+
+    @property
+    def last_shared_layer(self) -> str:
+        """Name of the last parameter shared by all tasks: GradNorm's default layer."""
+        raise NotImplementedError
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Everything but the task towers: the parameters whose task gradients can conflict (PCGrad)."""
+        return [p for name, p in self.named_parameters() if not name.startswith("towers.")]
+
+    def head(self, x: torch.Tensor) -> ModelOutput:
+        """The shared part, towers and task heads on encoded pairs [N, out_dim]."""
+        task_in, gate_mean = self.shared(x)
+        outs = [tower(task_in[:, t]).float() for t, tower in enumerate(self.towers)]
+        class_logits = (
+            torch.stack([outs[t] for t in self.multiclass], dim=1)
+            if self.multiclass
+            else x.new_zeros(x.shape[0], 0, self.spec.n_categories, dtype=torch.float32)
+        )
+        logits, preds = [], []
+        for t, task in enumerate(self.spec.tasks):
+            if task.type == "multiclass":
+                top = outs[t].max(dim=1)
+                logits.append(top.values)
+                preds.append(torch.softmax(outs[t], dim=1).max(dim=1).values)
+                continue
+            logits.append(outs[t][:, 0])
+            if task.type == "regression":
+                preds.append(outs[t][:, 0])
+            elif task.parent is None:
+                preds.append(torch.sigmoid(outs[t][:, 0]))
+            else:
+                preds.append(preds[task.parent] * torch.sigmoid(outs[t][:, 0]))
+        return ModelOutput(torch.stack(logits, dim=1), torch.stack(preds, dim=1), gate_mean, class_logits)
+
+    def forward(self, users: UserTensors, items: ItemTensors) -> ModelOutput:
+        return self.head(self.pair_features(self.user_part(users), self.item_part(items)))
+
+    def loss(
+        self,
+        out: ModelOutput,
+        labels: torch.Tensor,
+        mask: torch.Tensor,
+        class_targets: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total with the configured task weights, per-task losses [T]); class_targets [N, M, C] is required
+        when there are multiclass tasks."""
+        losses = task_losses(
+            self.spec.tasks, out.logits, out.predictions, out.class_logits, labels, mask, class_targets
+        )
+        return (losses * self.task_weights).sum(), losses
+
+
+class SharedBottom(MultiTaskModel):
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        layers: list[nn.Module] = []
+        in_dim = self.out_dim
+        for width in spec.expert_hidden:
+            layers += [nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(spec.dropout)]
+            in_dim = width
+        self.bottom = nn.Sequential(*layers)
+
+    def shared(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        h = self.bottom(x)
+        return h[:, None, :].expand(-1, len(self.spec.tasks), -1), None
+
+    @property
+    def last_shared_layer(self) -> str:
+        return f"bottom.{3 * (len(self.spec.expert_hidden) - 1)}.weight"
+
+
+class MixtureOfExperts(MultiTaskModel):
+    """MMoE (one level, shared experts only) and PLE (several levels with task and shared experts)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        n_tasks, hidden = len(spec.tasks), spec.expert_hidden
+        if spec.architecture == "mmoe":
+            shape = [(0, spec.num_experts, False)]
+        else:
+            shape = [
+                (spec.ple_task_experts, spec.ple_shared_experts, level < spec.ple_levels - 1)
+                for level in range(spec.ple_levels)
+            ]
+        self.levels = nn.ModuleList(
+            ExtractionLevel(
+                self.out_dim if level == 0 else hidden[-1], n_tasks, k, s, hidden, spec.dropout, gate
+            )
+            for level, (k, s, gate) in enumerate(shape)
+        )
+
+    def shared(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for level in self.levels:
+            x, gates = level(x)
+        return x, gates.mean(dim=0).detach()
+
+    @property
+    def last_shared_layer(self) -> str:
+        return f"levels.{len(self.levels) - 1}.experts.{len(self.spec.expert_hidden) - 1}.weight"
+
+
+ARCHITECTURES: dict[str, type[MultiTaskModel]] = {
+    "shared_bottom": SharedBottom,
+    "mmoe": MixtureOfExperts,
+    "ple": MixtureOfExperts,
+}
+
+
+def build_model(spec: ModelSpec) -> MultiTaskModel:
+    """The module of `spec.architecture`, freshly initialised (seed the torch RNG before for a fixed init)."""
+    if spec.architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {spec.architecture!r}; known: {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[spec.architecture](spec)

@@ -1,0 +1,130 @@
+"""The input side of every architecture: embeddings, history pooling, item text; a user part and an item part.
+
+Input per (user, item): user id embedding, pooled history item embeddings (the item table is shared with
+the target item, so history and candidate live in one space), user dense features; item id embedding, mean
+of the item's category embeddings, item dense features, and a projection of the item's text embedding when
+the model has text features. The user part and the item part are built separately so that scoring encodes
+each user and each item once and only combines them per pair.
+
+History pooling is a mean, or DIN target attention (Zhou et al., KDD 2018): a weight per history item from
+an MLP over [h, t, h - t, h * t] with the candidate t. As in DIN there is no softmax: the weights are not
+forced to sum to one, so the pooled vector also says how much of the history is relevant. We use
+1 + MLP(...) averaged over the real history items, which starts out as mean pooling and keeps the scale of
+the pooled vector independent of the history length. With DIN the user part depends on the candidate, so
+`UserPart` carries the history embeddings and the pooling happens per pair (`pair_features`, `grid_features`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from model.data import ItemTensors, UserTensors
+from model.spec import ModelSpec
+
+DIN_HIDDEN = 32  # width of the attention MLP
+
+
+def embedding_table(rows: int, dim: int) -> nn.Embedding:
+    """Small initial vectors; row 0 (unknown/padding) stays zero and gets no gradient."""
+    emb = nn.Embedding(rows, dim, padding_idx=0)
+    nn.init.normal_(emb.weight, std=0.05)
+    with torch.no_grad():
+        emb.weight[0].zero_()
+    return emb
+
+
+def masked_mean(table: nn.Embedding, index: torch.Tensor) -> torch.Tensor:
+    """Mean embedding of the non-padding entries of each row of `index` [N, L]; zeros for an empty row."""
+    mask = (index != 0).unsqueeze(-1)
+    summed = (table(index) * mask).sum(dim=1)
+    return summed / mask.sum(dim=1).clamp(min=1)
+
+
+class UserPart(NamedTuple):
+    static: torch.Tensor  # [B, Du]: everything that does not depend on the candidate
+    history: torch.Tensor | None  # [B, L, d] history item embeddings (DIN only)
+    history_mask: torch.Tensor | None  # [B, L] bool, True for a real history item (DIN only)
+
+
+class ItemPart(NamedTuple):
+    vector: torch.Tensor  # [I, Di]
+    target: torch.Tensor  # [I, d]: the candidate's id embedding, the query of DIN attention
+
+
+class TargetAttention(nn.Module):
+    """DIN activation unit. The first layer over the concatenation [h, t, h - t, h * t] is one nn.Linear, but
+    it is applied in its decomposed form h (Wh + Wd) + t (Wt - Wd) + (h * t) Wp, so that for a grid of B users
+    x I items the per-user and per-item terms are computed once and only the product term is per pair."""
+
+    def __init__(self, dim: int, hidden: int = DIN_HIDDEN):
+        super().__init__()
+        self.first = nn.Linear(4 * dim, hidden)
+        self.act = nn.ReLU()
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """history [B, L, d], mask [B, L], target [B or 1, I, d] -> pooled history [B, I, d].
+
+        Padded slots get weight exactly zero, so whatever they hold changes nothing.
+        """
+        w_h, w_t, w_d, w_p = self.first.weight.split(history.shape[-1], dim=1)  # each [H, d]
+        per_user = history @ (w_h + w_d).T  # [B, L, H]
+        per_item = target @ (w_t - w_d).T + self.first.bias  # [B|1, I, H]
+        product = (history[:, None, :, :] * target[:, :, None, :]) @ w_p.T  # [B, I, L, H]
+        hidden = self.act(per_user[:, None] + per_item[:, :, None] + product)
+        weights = (1.0 + self.out(hidden).squeeze(-1)) * mask[:, None, :]  # [B, I, L]
+        pooled = torch.einsum("bil,bld->bid", weights.to(history.dtype), history)
+        return pooled / mask.sum(dim=1).clamp(min=1)[:, None, None].to(pooled.dtype)
+
+
+class InputEncoder(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        d = spec.embedding_dim
+        self.user_embedding = embedding_table(spec.n_users, d)
+        self.item_embedding = embedding_table(spec.n_items, d)
+        self.category_embedding = embedding_table(spec.n_categories, d)
+        self.attention = TargetAttention(d) if spec.history_pooling == "din" else None
+        self.text_projection = nn.Linear(spec.n_text, d) if spec.n_text else None
+        self.user_dim = 2 * d + spec.n_user_dense
+        self.item_dim = 2 * d + spec.n_item_dense + (d if spec.n_text else 0)
+        self.out_dim = self.user_dim + self.item_dim
+
+    def user_part(self, users: UserTensors) -> UserPart:
+        own = [self.user_embedding(users.user), users.dense]
+        if self.attention is None:
+            return UserPart(
+                torch.cat([own[0], masked_mean(self.item_embedding, users.history), own[1]], 1), None, None
+            )
+        return UserPart(torch.cat(own, dim=1), self.item_embedding(users.history), users.history != 0)
+
+    def item_part(self, items: ItemTensors) -> ItemPart:
+        target = self.item_embedding(items.item)
+        parts = [target, masked_mean(self.category_embedding, items.categories), items.dense]
+        if self.text_projection is not None:
+            if items.text is None:
+                raise ValueError("this model has item text features, but the item tensors carry no text")
+            parts.append(self.text_projection(items.text))
+        return ItemPart(torch.cat(parts, dim=1), target)
+
+    def pair_features(self, user: UserPart, item: ItemPart) -> torch.Tensor:
+        """[N, out_dim] for N (user, item) pairs, row k pairing user k with item k."""
+        static = user.static
+        if self.attention is not None:
+            pooled = self.attention(user.history, user.history_mask, item.target[:, None, :])[:, 0]
+            d = self.user_embedding.embedding_dim
+            static = torch.cat([static[:, :d], pooled, static[:, d:]], dim=1)
+        return torch.cat([static, item.vector], dim=1)
+
+    def grid_features(self, user: UserPart, item: ItemPart) -> torch.Tensor:
+        """[B * I, out_dim] for every user of a block against every item, user-major."""
+        b, n = user.static.shape[0], item.vector.shape[0]
+        parts = [user.static[:, None, :].expand(b, n, -1), item.vector[None, :, :].expand(b, n, -1)]
+        if self.attention is not None:
+            pooled = self.attention(user.history, user.history_mask, item.target[None, :, :])
+            d = self.user_embedding.embedding_dim
+            parts = [parts[0][..., :d], pooled, parts[0][..., d:], parts[1]]
+        return torch.cat(parts, dim=2).reshape(b * n, -1)
