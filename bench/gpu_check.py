@@ -194,7 +194,10 @@ def ddp_run(features: Path, cfg: Config, out: Path, nproc: int) -> dict[str, Any
     config_file = out / "ddp-config.json"
     out.mkdir(parents=True, exist_ok=True)
     config_file.write_text(cfg.model_dump_json())
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+    }
     command = [
         sys.executable,
         "-m",
