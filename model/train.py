@@ -336,6 +336,13 @@ def train_model(
     if warm_start_from is not None and not mc.warm_start:
         log.info("model.warm_start is off: not starting from %s", warm_start_from)
         warm_start_from = None
+    if shard.world > 1 and mc.loss_weighting in ("gradnorm", "pcgrad"):
+        # Both rewrite gradients after their own backward passes, outside DistributedDataParallel's
+        # all-reduce: the ranks would drift apart.
+        raise ValueError(
+            f"model.loss_weighting = {mc.loss_weighting!r} is not supported with several processes; "
+            "use fixed or uncertainty with torchrun"
+        )
     warm_from = None if warm_start_from is None else Path(warm_start_from)
     version = model_version(cfg, run_date, data, None if warm_from is None else warm_from.name)
     resume_file = resume_path(model_root, version)
