@@ -2,7 +2,9 @@
 
 The rule that every function here keeps: a feature of a (user or item, day) row uses only events strictly
 before that day. Labels of a (user, item, day) example come from the events of that same day. Together with
-reading only events before the run date, no event of the future can reach a feature or a label.
+reading only events before the run date, no event of the future can reach a feature or a label. Multiclass
+labels are categories: of the example's item (static catalogue data), or of the user's history items strictly
+before the day (the `u_hist` the features use), so they keep the same rule.
 """
 
 from __future__ import annotations
@@ -44,10 +46,20 @@ def _label(task: TaskConfig) -> Column:
     return F.max(F.when(match, F.col("value"))).cast("double").alias(S.label_column(task.name))
 
 
+def event_tasks(tasks: Sequence[TaskConfig]) -> list[TaskConfig]:
+    """The binary and regression tasks: labelled by the events of the example's own (user, item, day)."""
+    return [t for t in tasks if t.label.source == "events"]
+
+
 def exposures(events: DataFrame, exposure_types: Sequence[str], tasks: Sequence[TaskConfig]) -> DataFrame:
-    """One row per (user, item, day) with an exposure event, labelled for every task by that day's events."""
+    """One row per (user, item, day) with an exposure event, labelled for every event task by that day's events.
+
+    Multiclass (category) tasks are labelled later, by `category_labels`, once the features are joined.
+    """
     exposed = F.max(F.col("event_type").isin(list(exposure_types)).cast("int")).alias("_exposed")
-    grouped = events.groupBy(S.USER_ID, S.ITEM_ID, S.DAY).agg(exposed, *[_label(t) for t in tasks])
+    grouped = events.groupBy(S.USER_ID, S.ITEM_ID, S.DAY).agg(
+        exposed, *[_label(t) for t in event_tasks(tasks)]
+    )
     return grouped.where("_exposed = 1").drop("_exposed")
 
 
@@ -106,7 +118,8 @@ def sample_negatives(
         .drop("_first_day")
     )
     labels = [
-        F.lit(0.0 if t.type == "binary" else None).cast("double").alias(S.label_column(t.name)) for t in tasks
+        F.lit(0.0 if t.type == "binary" else None).cast("double").alias(S.label_column(t.name))
+        for t in event_tasks(tasks)
     ]
     return negatives.select(S.USER_ID, S.ITEM_ID, S.DAY, *labels)
 
@@ -222,6 +235,45 @@ def user_features(events: DataFrame, keys: DataFrame, cfg: Config) -> DataFrame:
     return activity.join(history, [S.USER_ID, S.DAY])
 
 
+def history_categories(keys: DataFrame, items: DataFrame) -> DataFrame:
+    """(user_id, day, _hist_categories): the categories of the `u_hist` items, in history order, with repeats.
+
+    Repeats are the point: a user who watched five comedies and one drama gets a 5:1 target distribution.
+    Items missing from the catalogue or without categories contribute nothing; an empty history gives [].
+    """
+    empty = F.array().cast("array<string>")
+    distinct_keys = keys.select(S.USER_ID, S.DAY, S.HISTORY).dropDuplicates([S.USER_ID, S.DAY])
+    per_position = (
+        distinct_keys.select(S.USER_ID, S.DAY, F.posexplode(S.HISTORY).alias("_pos", S.ITEM_ID))
+        .join(items.select(S.ITEM_ID, F.col("categories").alias("_cats")), S.ITEM_ID, "left")
+        .groupBy(S.USER_ID, S.DAY)
+        .agg(F.sort_array(F.collect_list(F.struct("_pos", "_cats"))).alias("_by_pos"))
+        .select(
+            S.USER_ID,
+            S.DAY,
+            F.flatten(F.transform("_by_pos", lambda p: F.coalesce(p["_cats"], empty))).alias("_hist_cats"),
+        )
+    )
+    return distinct_keys.join(per_position, [S.USER_ID, S.DAY], "left").select(
+        S.USER_ID, S.DAY, F.coalesce(F.col("_hist_cats"), empty).alias("_hist_categories")
+    )
+
+
+def category_labels(examples: DataFrame, items: DataFrame, tasks: Sequence[TaskConfig]) -> DataFrame:
+    """Add `label_<task>` (array<string>) for every multiclass task of `examples` (which carry the features).
+
+    item_categories: the example item's categories (`i_categories`); user_categories: the categories of the
+    user's history strictly before the day (`history_categories`). Both are point-in-time by construction.
+    """
+    multiclass = [t for t in tasks if t.label.source != "events"]
+    if any(t.label.source == "user_categories" for t in multiclass):
+        examples = examples.join(history_categories(examples, items), [S.USER_ID, S.DAY])
+    for t in multiclass:
+        source = S.CATEGORIES if t.label.source == "item_categories" else "_hist_categories"
+        examples = examples.withColumn(S.label_column(t.name), F.col(source))
+    return examples.drop("_hist_categories")
+
+
 def training_examples(events: DataFrame, items: DataFrame, cfg: Config) -> DataFrame:
     """Labelled examples with their point-in-time user and item features."""
     tasks = cfg.tasks
@@ -232,7 +284,14 @@ def training_examples(events: DataFrame, items: DataFrame, cfg: Config) -> DataF
     labelled = positives.unionByName(negatives)
     users = user_features(events, labelled, cfg)
     item_feats = item_features(events, items, labelled, cfg.features.seen_event_types, cfg.features.windows)
-    return labelled.join(users, [S.USER_ID, S.DAY]).join(item_feats, [S.ITEM_ID, S.DAY])
+    examples = labelled.join(users, [S.USER_ID, S.DAY]).join(item_feats, [S.ITEM_ID, S.DAY])
+    return category_labels(examples, items, tasks)
+
+
+def _item_text(items: DataFrame) -> Column:
+    """The landing zone's optional `text` (description) column, or a null string column in its place."""
+    text = F.col(S.TEXT) if S.TEXT in items.columns else F.lit(None)
+    return text.cast("string").alias(S.TEXT)
 
 
 def scoring_inputs(
@@ -240,7 +299,9 @@ def scoring_inputs(
 ) -> tuple[DataFrame, DataFrame, DataFrame]:
     """The users, items and already-seen pairs as of the run date, for scoring.
 
-    Users: everyone with an event in the window. Items: everything created before the run date.
+    Users: everyone with an event in the window. Items: everything created before the run date, with their
+    `title` and `text` (the landing zone's optional description column; null when it has none), which the
+    item text encoder reads.
     """
     at = F.lit(run_date).cast("date").alias(S.DAY)
     user_keys = events.select(S.USER_ID).distinct().select(S.USER_ID, at)
@@ -249,7 +310,7 @@ def scoring_inputs(
     users = user_features(events, user_keys, cfg).drop(S.DAY)
     item_feats = (
         item_features(events, catalogue, item_keys, cfg.features.seen_event_types, cfg.features.windows)
-        .join(catalogue.select(S.ITEM_ID, S.TITLE), S.ITEM_ID)
+        .join(catalogue.select(S.ITEM_ID, S.TITLE, _item_text(catalogue)), S.ITEM_ID)
         .drop(S.DAY)
     )
     seen = (
