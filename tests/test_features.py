@@ -256,3 +256,17 @@ def test_scoring_items_carry_title_and_text(spark, items):
         "i3": "th",
         "i4": "fo",
     }
+
+
+def test_write_features_reports_each_output_as_it_is_written(spark, items, tmp_path):
+    from jobs.feature_job import write_features
+
+    raw = spark.createDataFrame(
+        [(f"e{n}", u, i, t, v, stamp) for n, (u, i, t, v, stamp) in enumerate(BASE)], EVENT_SCHEMA
+    )
+    lines: list[str] = []
+    counts = write_features(raw, items, cfg(), date(2026, 10, 10), tmp_path, progress=lines.append)
+    assert [line.split(":")[0] for line in lines] == [f"features {k}/4" for k in range(1, 5)]
+    for line, (name, rows) in zip(lines, counts.items(), strict=True):
+        assert f": {name} {rows} rows in " in line and line.endswith(" s")
+    assert counts[S.ITEMS] == 4 and counts[S.SEEN] == 4
