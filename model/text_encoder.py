@@ -200,25 +200,19 @@ class TfidfSvdEncoder(Encoder):
         from sklearn.decomposition import TruncatedSVD
 
         corpus = sorted({t for t in texts if t.strip()})
-        vocabulary: list[str] = []
-        idf = np.zeros(0)
-        components = np.zeros((0, 0))
-        if corpus:
-            counter = cls._counter()
-            try:
-                counts = counter.fit_transform(corpus)
-            except ValueError:  # no n-gram at all (texts of punctuation only)
-                counts = None
-            if counts is not None:
-                vocabulary = counter.get_feature_names_out().tolist()
-                df = np.asarray((counts > 0).sum(axis=0)).ravel()
-                idf = np.log((1 + len(corpus)) / (1 + df)) + 1.0  # smoothed, as sklearn's TfidfTransformer
-                k = min(dim, len(corpus) - 1, len(vocabulary) - 1)
-                if k >= 1:
-                    svd = TruncatedSVD(n_components=k, algorithm="randomized", random_state=SVD_SEED)
-                    components = svd.fit(cls._tfidf(counts, idf)).components_
-                else:
-                    components = np.zeros((0, len(vocabulary)))
+        counter = cls._counter()
+        try:
+            counts = counter.fit_transform(corpus)
+        except ValueError:  # no text, or not one n-gram in them (punctuation only): every row stays zero
+            return cls([], np.zeros(0), np.zeros((0, 0)), dim, len(corpus))
+        vocabulary = counter.get_feature_names_out().tolist()
+        df = np.asarray((counts > 0).sum(axis=0)).ravel()
+        idf = np.log((1 + len(corpus)) / (1 + df)) + 1.0  # smoothed, as sklearn's TfidfTransformer
+        k = min(dim, len(corpus) - 1, len(vocabulary) - 1)  # one text has no direction to find
+        components = np.zeros((0, len(vocabulary)))
+        if k >= 1:
+            svd = TruncatedSVD(n_components=k, algorithm="randomized", random_state=SVD_SEED)
+            components = svd.fit(cls._tfidf(counts, idf)).components_
         return cls(vocabulary, idf, components, dim, len(corpus))
 
     def encode(self, texts: list[str]) -> np.ndarray:
