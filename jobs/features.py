@@ -235,42 +235,40 @@ def user_features(events: DataFrame, keys: DataFrame, cfg: Config) -> DataFrame:
     return activity.join(history, [S.USER_ID, S.DAY])
 
 
-def history_categories(keys: DataFrame, items: DataFrame) -> DataFrame:
-    """(user_id, day, _hist_categories): the categories of the `u_hist` items, in history order, with repeats.
+def with_history_categories(users: DataFrame, items: DataFrame) -> DataFrame:
+    """`users` (one row per user and day, with `u_hist`) plus `_hist_categories`: the categories of the
+    history's items, in history order, with repeats.
 
     Repeats are the point: a user who watched five comedies and one drama gets a 5:1 target distribution.
     Items missing from the catalogue or without categories contribute nothing; an empty history gives [].
+    One pass (explode, join, regroup) rather than a join back, so the user features are computed once.
     """
     empty = F.array().cast("array<string>")
-    distinct_keys = keys.select(S.USER_ID, S.DAY, S.HISTORY).dropDuplicates([S.USER_ID, S.DAY])
-    per_position = (
-        distinct_keys.select(S.USER_ID, S.DAY, F.posexplode(S.HISTORY).alias("_pos", S.ITEM_ID))
-        .join(items.select(S.ITEM_ID, F.col("categories").alias("_cats")), S.ITEM_ID, "left")
+    cats = items.select(F.col(S.ITEM_ID).alias("_hist_item"), F.col("categories").alias("_cats"))
+    others = [c for c in users.columns if c not in (S.USER_ID, S.DAY)]
+    by_position = F.sort_array(F.collect_list(F.struct("_pos", "_cats")))
+    return (
+        users.select("*", F.posexplode_outer(S.HISTORY).alias("_pos", "_hist_item"))
+        .join(cats, "_hist_item", "left")
         .groupBy(S.USER_ID, S.DAY)
-        .agg(F.sort_array(F.collect_list(F.struct("_pos", "_cats"))).alias("_by_pos"))
-        .select(
-            S.USER_ID,
-            S.DAY,
-            F.flatten(F.transform("_by_pos", lambda p: F.coalesce(p["_cats"], empty))).alias("_hist_cats"),
+        .agg(
+            *[F.first(c).alias(c) for c in others],  # one value per (user, day): repeated by the explode
+            F.flatten(F.transform(by_position, lambda p: F.coalesce(p["_cats"], empty))).alias(
+                "_hist_categories"
+            ),
         )
     )
-    return distinct_keys.join(per_position, [S.USER_ID, S.DAY], "left").select(
-        S.USER_ID, S.DAY, F.coalesce(F.col("_hist_cats"), empty).alias("_hist_categories")
-    )
 
 
-def category_labels(examples: DataFrame, items: DataFrame, tasks: Sequence[TaskConfig]) -> DataFrame:
-    """Add `label_<task>` (array<string>) for every multiclass task of `examples` (which carry the features).
-
-    item_categories: the example item's categories (`i_categories`); user_categories: the categories of the
-    user's history strictly before the day (`history_categories`). Both are point-in-time by construction.
+def category_labels(examples: DataFrame, tasks: Sequence[TaskConfig]) -> DataFrame:
+    """Set `label_<task>` (array<string>) of every multiclass task from the joined features, then drop the
+    helper column: item_categories is the example item's `i_categories`, user_categories the user's
+    `_hist_categories` (`with_history_categories`). Both are point-in-time by construction.
     """
-    multiclass = [t for t in tasks if t.label.source != "events"]
-    if any(t.label.source == "user_categories" for t in multiclass):
-        examples = examples.join(history_categories(examples, items), [S.USER_ID, S.DAY])
-    for t in multiclass:
-        source = S.CATEGORIES if t.label.source == "item_categories" else "_hist_categories"
-        examples = examples.withColumn(S.label_column(t.name), F.col(source))
+    for t in tasks:
+        if t.label.source != "events":
+            source = S.CATEGORIES if t.label.source == "item_categories" else "_hist_categories"
+            examples = examples.withColumn(S.label_column(t.name), F.col(source))
     return examples.drop("_hist_categories")
 
 
@@ -283,9 +281,11 @@ def training_examples(events: DataFrame, items: DataFrame, cfg: Config) -> DataF
     )
     labelled = positives.unionByName(negatives)
     users = user_features(events, labelled, cfg)
+    if any(t.label.source == "user_categories" for t in tasks):
+        users = with_history_categories(users, items)
     item_feats = item_features(events, items, labelled, cfg.features.seen_event_types, cfg.features.windows)
     examples = labelled.join(users, [S.USER_ID, S.DAY]).join(item_feats, [S.ITEM_ID, S.DAY])
-    return category_labels(examples, items, tasks)
+    return category_labels(examples, tasks)
 
 
 def _item_text(items: DataFrame) -> Column:
