@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -11,6 +14,8 @@ from pyspark.sql import DataFrame, SparkSession
 from jobs import features, landing
 from nightrec import schema as S
 from nightrec.config import Config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,16 +37,24 @@ def load_inputs(spark: SparkSession, cfg: Config, window: Window) -> tuple[DataF
 
 
 def write_features(
-    events: DataFrame, items: DataFrame, cfg: Config, run_date: date, out_dir: Path
+    events: DataFrame,
+    items: DataFrame,
+    cfg: Config,
+    run_date: date,
+    out_dir: Path,
+    progress: Callable[[str], None] = log.info,
 ) -> dict[str, int]:
     """Build examples and the scoring inputs from validated events; write them under `out_dir`.
 
     The explicit `ts < run_date` filter repeats what validation already guarantees, because leakage is the
-    one mistake a recommender cannot see in its own metrics.
+    one mistake a recommender cannot see in its own metrics. Each output is one Spark job, described as such
+    in the Spark UI, and `progress` gets one line per output with its rows and seconds (the examples take
+    most of the time), so a long feature step shows where it is.
     """
     from pyspark.sql import functions as F
 
     usable = features.with_day(events.where(F.col("ts") < F.lit(run_date).cast("timestamp"))).cache()
+    context = usable.sparkSession.sparkContext
     try:
         outputs = {
             S.EXAMPLES: features.training_examples(usable, items, cfg),
@@ -49,12 +62,19 @@ def write_features(
         users, item_feats, seen = features.scoring_inputs(usable, items, cfg, run_date)
         outputs.update({S.USERS: users, S.ITEMS: item_feats, S.SEEN: seen})
         counts = {}
-        for name, frame in outputs.items():
+        for step, (name, frame) in enumerate(outputs.items(), start=1):
+            started = time.perf_counter()
+            context.setJobDescription(f"nightrec features {run_date}: {name}")
             path = str(out_dir / name)
             frame.write.mode("overwrite").parquet(path)
             counts[name] = frame.sparkSession.read.parquet(path).count()
+            progress(
+                f"features {step}/{len(outputs)}: {name} {counts[name]} rows in "
+                f"{time.perf_counter() - started:.1f} s"
+            )
         return counts
     finally:
+        context.setJobDescription(None)
         usable.unpersist()
 
 
@@ -83,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     events, items = load_inputs(spark, cfg, window)
     out = Path(args.out)
     validate_events(events, cfg, window.start, window.run_date, out.parent / "data_docs")
-    counts = write_features(events, items, cfg, args.date, out)
+    counts = write_features(events, items, cfg, args.date, out, progress=lambda line: print(line, flush=True))
     print(f"master={spark.sparkContext.master}", *(f"{name}={n}" for name, n in counts.items()))
     return 0
 

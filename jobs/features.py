@@ -2,7 +2,9 @@
 
 The rule that every function here keeps: a feature of a (user or item, day) row uses only events strictly
 before that day. Labels of a (user, item, day) example come from the events of that same day. Together with
-reading only events before the run date, no event of the future can reach a feature or a label.
+reading only events before the run date, no event of the future can reach a feature or a label. Multiclass
+labels are categories: of the example's item (static catalogue data), or of the user's history items strictly
+before the day (the `u_hist` the features use), so they keep the same rule.
 """
 
 from __future__ import annotations
@@ -44,10 +46,20 @@ def _label(task: TaskConfig) -> Column:
     return F.max(F.when(match, F.col("value"))).cast("double").alias(S.label_column(task.name))
 
 
+def event_tasks(tasks: Sequence[TaskConfig]) -> list[TaskConfig]:
+    """The binary and regression tasks: labelled by the events of the example's own (user, item, day)."""
+    return [t for t in tasks if t.label.source == "events"]
+
+
 def exposures(events: DataFrame, exposure_types: Sequence[str], tasks: Sequence[TaskConfig]) -> DataFrame:
-    """One row per (user, item, day) with an exposure event, labelled for every task by that day's events."""
+    """One row per (user, item, day) with an exposure event, labelled for every event task by that day's events.
+
+    Multiclass (category) tasks are labelled later, by `category_labels`, once the features are joined.
+    """
     exposed = F.max(F.col("event_type").isin(list(exposure_types)).cast("int")).alias("_exposed")
-    grouped = events.groupBy(S.USER_ID, S.ITEM_ID, S.DAY).agg(exposed, *[_label(t) for t in tasks])
+    grouped = events.groupBy(S.USER_ID, S.ITEM_ID, S.DAY).agg(
+        exposed, *[_label(t) for t in event_tasks(tasks)]
+    )
     return grouped.where("_exposed = 1").drop("_exposed")
 
 
@@ -106,7 +118,8 @@ def sample_negatives(
         .drop("_first_day")
     )
     labels = [
-        F.lit(0.0 if t.type == "binary" else None).cast("double").alias(S.label_column(t.name)) for t in tasks
+        F.lit(0.0 if t.type == "binary" else None).cast("double").alias(S.label_column(t.name))
+        for t in event_tasks(tasks)
     ]
     return negatives.select(S.USER_ID, S.ITEM_ID, S.DAY, *labels)
 
@@ -222,6 +235,43 @@ def user_features(events: DataFrame, keys: DataFrame, cfg: Config) -> DataFrame:
     return activity.join(history, [S.USER_ID, S.DAY])
 
 
+def with_history_categories(users: DataFrame, items: DataFrame) -> DataFrame:
+    """`users` (one row per user and day, with `u_hist`) plus `_hist_categories`: the categories of the
+    history's items, in history order, with repeats.
+
+    Repeats are the point: a user who watched five comedies and one drama gets a 5:1 target distribution.
+    Items missing from the catalogue or without categories contribute nothing; an empty history gives [].
+    One pass (explode, join, regroup) rather than a join back, so the user features are computed once.
+    """
+    empty = F.array().cast("array<string>")
+    cats = items.select(F.col(S.ITEM_ID).alias("_hist_item"), F.col("categories").alias("_cats"))
+    others = [c for c in users.columns if c not in (S.USER_ID, S.DAY)]
+    by_position = F.sort_array(F.collect_list(F.struct("_pos", "_cats")))
+    return (
+        users.select("*", F.posexplode_outer(S.HISTORY).alias("_pos", "_hist_item"))
+        .join(cats, "_hist_item", "left")
+        .groupBy(S.USER_ID, S.DAY)
+        .agg(
+            *[F.first(c).alias(c) for c in others],  # one value per (user, day): repeated by the explode
+            F.flatten(F.transform(by_position, lambda p: F.coalesce(p["_cats"], empty))).alias(
+                "_hist_categories"
+            ),
+        )
+    )
+
+
+def category_labels(examples: DataFrame, tasks: Sequence[TaskConfig]) -> DataFrame:
+    """Set `label_<task>` (array<string>) of every multiclass task from the joined features, then drop the
+    helper column: item_categories is the example item's `i_categories`, user_categories the user's
+    `_hist_categories` (`with_history_categories`). Both are point-in-time by construction.
+    """
+    for t in tasks:
+        if t.label.source != "events":
+            source = S.CATEGORIES if t.label.source == "item_categories" else "_hist_categories"
+            examples = examples.withColumn(S.label_column(t.name), F.col(source))
+    return examples.drop("_hist_categories")
+
+
 def training_examples(events: DataFrame, items: DataFrame, cfg: Config) -> DataFrame:
     """Labelled examples with their point-in-time user and item features."""
     tasks = cfg.tasks
@@ -231,8 +281,17 @@ def training_examples(events: DataFrame, items: DataFrame, cfg: Config) -> DataF
     )
     labelled = positives.unionByName(negatives)
     users = user_features(events, labelled, cfg)
+    if any(t.label.source == "user_categories" for t in tasks):
+        users = with_history_categories(users, items)
     item_feats = item_features(events, items, labelled, cfg.features.seen_event_types, cfg.features.windows)
-    return labelled.join(users, [S.USER_ID, S.DAY]).join(item_feats, [S.ITEM_ID, S.DAY])
+    examples = labelled.join(users, [S.USER_ID, S.DAY]).join(item_feats, [S.ITEM_ID, S.DAY])
+    return category_labels(examples, tasks)
+
+
+def _item_text(items: DataFrame) -> Column:
+    """The landing zone's optional `text` (description) column, or a null string column in its place."""
+    text = F.col(S.TEXT) if S.TEXT in items.columns else F.lit(None)
+    return text.cast("string").alias(S.TEXT)
 
 
 def scoring_inputs(
@@ -240,7 +299,9 @@ def scoring_inputs(
 ) -> tuple[DataFrame, DataFrame, DataFrame]:
     """The users, items and already-seen pairs as of the run date, for scoring.
 
-    Users: everyone with an event in the window. Items: everything created before the run date.
+    Users: everyone with an event in the window. Items: everything created before the run date, with their
+    `title` and `text` (the landing zone's optional description column; null when it has none), which the
+    item text encoder reads.
     """
     at = F.lit(run_date).cast("date").alias(S.DAY)
     user_keys = events.select(S.USER_ID).distinct().select(S.USER_ID, at)
@@ -249,7 +310,7 @@ def scoring_inputs(
     users = user_features(events, user_keys, cfg).drop(S.DAY)
     item_feats = (
         item_features(events, catalogue, item_keys, cfg.features.seen_event_types, cfg.features.windows)
-        .join(catalogue.select(S.ITEM_ID, S.TITLE), S.ITEM_ID)
+        .join(catalogue.select(S.ITEM_ID, S.TITLE, _item_text(catalogue)), S.ITEM_ID)
         .drop(S.DAY)
     )
     seen = (

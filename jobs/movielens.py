@@ -2,12 +2,15 @@
 
 MovieLens has no catalogue dates, so an item's `created_at` is its first rating: the evaluation protocol
 treats a movie as known from the moment someone first rated it, and only rated movies are kept. Users are
-kept when they have at least one rating too.
+kept when they have at least one rating too. Titles are the item text the text encoder reads, so they are
+cleaned once here (`clean_title`).
 """
 
 from __future__ import annotations
 
 import csv
+import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,17 @@ import pyarrow.compute as pc
 from jobs.generate import EVENTS_SCHEMA, ITEMS_SCHEMA, TS, write_landing
 
 GZIP_MAGIC = b"\x1f\x8b"
+
+
+def clean_title(title: str) -> str:
+    """One form of each title: Unicode NFC, no control characters, single spaces, none inside parentheses.
+
+    The files are latin-1 and carry stray spaces ("Two Friends (1986) ", "(Kådisbellan )"); a text encoder
+    or a cache keyed by the text would otherwise treat equal titles as different ones.
+    """
+    text = "".join(" " if unicodedata.category(c).startswith("C") else c for c in title)
+    text = re.sub(r"\s+", " ", unicodedata.normalize("NFC", text))
+    return re.sub(r"\( ", "(", re.sub(r" \)", ")", text)).strip()
 
 
 def _require(path: Path) -> Path:
@@ -159,7 +173,7 @@ def import_movielens(source: Path, out: Path, ratings: Path | None = None) -> di
     items = pa.table(
         {
             "item_id": pa.array(first_ts.index.to_numpy()).cast(pa.string()),
-            "title": pa.array(movies["title"].tolist(), pa.string()),
+            "title": pa.array([clean_title(t) for t in movies["title"]], pa.string()),
             "categories": pa.array(movies["categories"].tolist(), pa.list_(pa.string())),
             "text": pa.nulls(len(movies), pa.string()),
             "created_at": pa.array(first_ts.to_numpy() * 1_000_000, pa.int64()).cast(TS),

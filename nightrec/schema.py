@@ -3,11 +3,18 @@
 The feature job writes, under `<run_dir>/features/`:
 
 - `examples/`: one row per (user, item, day) training example, with
-  `user_id`, `item_id` (string), `day` (date), one `label_<task>` (double; binary 0/1, regression value or
-  null where the example has no such event), and the user and item features below, all computed from
-  events strictly before `day`.
+  `user_id`, `item_id` (string), `day` (date), one `label_<task>` per task, and the user and item features
+  below, all computed from events strictly before `day`. Labels by task type:
+  binary: double 0/1; regression: double, the matching event's value, null where the example has no such
+  event; multiclass: array<string> of categories, a bag with repeats that the model turns into a target
+  distribution over the category vocabulary (empty: no label, the example is masked out for that task).
+  A multiclass label's source is item_categories (the example item's categories, = `i_categories`) or
+  user_categories (the categories of the `u_hist` items, in history order, with repeats: strictly before
+  `day`, like every feature).
 - `users/`: one row per user known at the run date: `user_id` plus the user features as of the run date.
-- `items/`: one row per item available at the run date: `item_id`, `title` plus the item features.
+- `items/`: one row per item available at the run date: `item_id`, `title` (string), `text` (string, the
+  item's description; null when the landing zone has none) plus the item features. Title and text are the
+  input of the item text encoder (model/text_encoder.py).
 - `seen/`: (`user_id`, `item_id`) pairs the user interacted with before the run date (never recommended).
 
 Feature columns follow a naming convention so that the model needs no list of them:
@@ -28,6 +35,7 @@ DAY = "day"
 HISTORY = "u_hist"
 CATEGORIES = "i_categories"
 TITLE = "title"
+TEXT = "text"
 ITEM_AGE = "i_age_days"
 
 LABEL_PREFIX = "label_"

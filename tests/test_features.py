@@ -190,3 +190,83 @@ def test_scoring_inputs_as_of_the_run_date(spark, items):
     }
     u1 = as_dict(users, "user_id")[("u1",)]
     assert u1["u_hist"] == ["i2", "i3", "i3"] and u1["u_cnt_7d"] == 5.0  # days 3-9: day 2 is outside
+
+
+def multiclass_cfg() -> Config:
+    """cfg() plus the two category tasks of the seed designs: the item's genre and the user's genre mix."""
+    raw = cfg().model_dump()
+    raw["tasks"] += [
+        {"name": "genre", "type": "multiclass", "label": {"source": "item_categories"}},
+        {"name": "taste", "type": "multiclass", "label": {"source": "user_categories"}},
+    ]
+    return Config.model_validate(raw)
+
+
+def test_multiclass_labels_are_item_and_history_categories(spark, items):
+    rows = BASE + [("u1", "i4", "impression", None, ts(5, 9)), ("u3", "i2", "impression", None, ts(5, 9))]
+    examples = features.training_examples(frame(spark, rows), items, multiclass_cfg())
+    assert dict(examples.dtypes)["label_genre"] == dict(examples.dtypes)["label_taste"] == "array<string>"
+    assert dict(examples.dtypes)["label_click"] == "double"
+    ex = as_dict(examples, "user_id", "item_id", "day")
+    # the item's own categories; an item without categories gives []
+    assert ex[("u1", "i2", date(2026, 10, 2))]["label_genre"] == ["b", "c"]
+    assert ex[("u1", "i3", date(2026, 10, 4))]["label_genre"] == []
+    # before day 4: clicked i1 (a) on day 2, clicked and bought i2 (b, c) on day 3: repeats kept, history order
+    assert ex[("u1", "i3", date(2026, 10, 4))]["label_taste"] == ["a", "b", "c", "b", "c"]
+    # before day 5 the history is capped at its newest 3 items (i2, i3, i3) as u_hist is; i3 has no categories
+    assert ex[("u1", "i4", date(2026, 10, 5))]["u_hist"] == ["i2", "i3", "i3"]
+    assert ex[("u1", "i4", date(2026, 10, 5))]["label_taste"] == ["b", "c"]
+    # empty history (u1's first day, u3 only ever had an impression): []
+    assert ex[("u1", "i1", date(2026, 10, 2))]["label_taste"] == []
+    assert ex[("u3", "i2", date(2026, 10, 5))]["label_taste"] == []
+
+
+def test_user_categories_label_takes_no_event_of_the_day_or_later(spark, items):
+    """A click on the example's own day or later never enters the user's category label."""
+    config = multiclass_cfg()
+    later = BASE + [
+        ("u1", "i4", "click", None, ts(4, 8)),  # day 4 itself, before the day-4 impression
+        ("u1", "i4", "purchase", 30.0, ts(6, 9)),
+        ("u2", "i2", "click", None, ts(4, 23)),
+    ]
+    before = as_dict(
+        features.training_examples(frame(spark, BASE), items, config), "user_id", "item_id", "day"
+    )
+    after = as_dict(
+        features.training_examples(frame(spark, later), items, config), "user_id", "item_id", "day"
+    )
+    for key, row in before.items():
+        assert (row["label_taste"], row["label_genre"]) == (
+            after[key]["label_taste"],
+            after[key]["label_genre"],
+        )
+    assert after[("u2", "i1", date(2026, 10, 4))]["label_taste"] == []
+
+
+def test_scoring_items_carry_title_and_text(spark, items):
+    events = frame(spark, BASE)
+    _, no_text, _ = features.scoring_inputs(events, items, cfg(), date(2026, 10, 10))
+    assert as_dict(no_text, "item_id")[("i2",)][S.TITLE] == "two"
+    assert as_dict(no_text, "item_id")[("i2",)][S.TEXT] is None  # the landing zone has no text column
+    described = items.withColumn("text", items["title"].substr(1, 2))
+    _, with_text, _ = features.scoring_inputs(events, described, cfg(), date(2026, 10, 10))
+    assert {k[0]: r[S.TEXT] for k, r in as_dict(with_text, "item_id").items()} == {
+        "i1": "on",
+        "i2": "tw",
+        "i3": "th",
+        "i4": "fo",
+    }
+
+
+def test_write_features_reports_each_output_as_it_is_written(spark, items, tmp_path):
+    from jobs.feature_job import write_features
+
+    raw = spark.createDataFrame(
+        [(f"e{n}", u, i, t, v, stamp) for n, (u, i, t, v, stamp) in enumerate(BASE)], EVENT_SCHEMA
+    )
+    lines: list[str] = []
+    counts = write_features(raw, items, cfg(), date(2026, 10, 10), tmp_path, progress=lines.append)
+    assert [line.split(":")[0] for line in lines] == [f"features {k}/4" for k in range(1, 5)]
+    for line, (name, rows) in zip(lines, counts.items(), strict=True):
+        assert f": {name} {rows} rows in " in line and line.endswith(" s")
+    assert counts[S.ITEMS] == 4 and counts[S.SEEN] == 4

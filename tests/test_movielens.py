@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import SHARED_DATA
 
-from jobs.movielens import import_movielens
+from jobs.movielens import clean_title, import_movielens
 
 ML100K = SHARED_DATA / "movielens-100k"
 ML1M = SHARED_DATA / "movielens-1m"
@@ -33,12 +33,13 @@ RATINGS = [(1, 1, 5, 881250949), (1, 2, 3, 881250000), (2, 1, 4, 891717742), (2,
 
 @pytest.fixture
 def ml100k(tmp_path) -> Path:
-    """The 100K layout with 3 genres, one unrated movie, one user without ratings and a latin-1 title."""
+    """The 100K layout with 3 genres, one unrated movie, one user without ratings, a latin-1 title and a title
+    with stray spaces."""
     src = tmp_path / "ml-100k"
     src.mkdir()
     (src / "u.genre").write_text("unknown|0\nChildren's|1\nComedy|2\n\n")
     (src / "u.item").write_bytes(
-        "1|Toy Story (1995)|01-Jan-1995||http://x|0|1|1\n"
+        "1|Toy Story  (1995) |01-Jan-1995||http://x|0|1|1\n"
         "2|Am\xe9lie (2001)|01-Jan-2001||http://y|0|0|1\n"
         "3|unknown||||1|0|0\n".encode("latin-1")
     )
@@ -75,6 +76,14 @@ def test_100k_format(ml100k, tmp_path):
     ]
 
 
+def test_titles_are_cleaned_once():
+    assert clean_title("Am\u0065\u0301lie\t(2001)\r") == "Am\xe9lie (2001)"  # decomposed accent, tab, CR
+    assert (
+        clean_title(" Slingshot, The (K\xe5disbellan ) (1993) ") == "Slingshot, The (K\xe5disbellan) (1993)"
+    )
+    assert clean_title("") == ""
+
+
 def test_missing_files_are_named(ml100k, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"neither u\.data .* nor movies\.dat"):
         import_movielens(tmp_path / "nothing", tmp_path / "out")
@@ -95,7 +104,7 @@ def test_1m_format_with_gzipped_ratings_detected_by_content(tmp_path):
     src = tmp_path / "ml-1m"
     src.mkdir()
     (src / "movies.dat").write_bytes(
-        "1::Star Wars: Episode IV - A New Hope (1977)::Action|Sci-Fi\n2::Am\xe9lie (2001)::Comedy\n".encode(
+        "1::Star Wars: Episode IV - A New Hope (1977)::Action|Sci-Fi\n2::Am\xe9lie ( Le Fabuleux ) (2001)::Comedy\n".encode(
             "latin-1"
         )
     )
@@ -108,7 +117,10 @@ def test_1m_format_with_gzipped_ratings_detected_by_content(tmp_path):
     assert (summary["format"], summary["events"], summary["users"], summary["items"]) == ("1m", 3, 2, 2)
     events, items, users = read_landing(tmp_path / "out")
     assert sorted(events["event_id"]) == ["ml-1-1", "ml-2-1", "ml-2-2"]
-    assert items["title"].tolist() == ["Star Wars: Episode IV - A New Hope (1977)", "Am\xe9lie (2001)"]
+    assert items["title"].tolist() == [
+        "Star Wars: Episode IV - A New Hope (1977)",
+        "Am\xe9lie (Le Fabuleux) (2001)",
+    ]
     assert items["categories"].map(list).tolist() == [["Action", "Sci-Fi"], ["Comedy"]]
     assert items["created_at"].tolist() == [utc(978300760), utc(978301968)]
     assert users[["user_id", "gender", "age", "occupation", "zip"]].values.tolist() == [
@@ -129,6 +141,8 @@ def test_real_100k(tmp_path):
     first = events.groupby("item_id")["ts"].min()
     assert (items.set_index("item_id")["created_at"] == first.reindex(items["item_id"]).to_numpy()).all()
     assert len(items) == 1682 and len(users) == 943
+    assert "Mis\xe9rables, Les (1995)" in set(items["title"])  # latin-1 decoded, not mojibake
+    assert (items["title"].map(clean_title) == items["title"]).all()
     assert pq.read_schema(out / "items" / "part-0.parquet").field("categories").type == pa.list_(pa.string())
 
 
@@ -146,3 +160,6 @@ def test_real_1m_subset(tmp_path):
     assert user_ids.min() >= 1 and user_ids.max() <= 2999
     assert summary["items"] == len(items) == events["item_id"].nunique()
     assert items["categories"].map(len).min() >= 1
+    assert (items["title"].map(clean_title) == items["title"]).all() and not items["title"].str.contains(
+        "\ufffd"
+    ).any()
