@@ -218,14 +218,23 @@ class ItemText:
 
 
 def item_text(items: pa.Table, encoder: str, dim: int, cache_dir: Path) -> ItemText | None:
-    """Embed each item's title once per night; None when text features are off (`encoder` "none")."""
+    """Embed each item's title and description once per night; None when text features are off (`encoder`
+    "none"). The encoder caches by text, so only new or changed items cost anything."""
     if encoder == "none":
         return None
-    from model.text_encoder import item_text_embeddings  # heavy (sentence encoders): only when used
+    # heavy (sentence encoders): imported only when used
+    from model.text_encoder import item_text as join_text
+    from model.text_encoder import item_text_embeddings
 
     require_columns(items, [schema.ITEM_ID, schema.TITLE], "items")
-    titles = pc.fill_null(_as_string(items.column(schema.TITLE)), "").to_pylist()
-    vectors = np.asarray(item_text_embeddings(titles, encoder, dim, Path(cache_dir)), dtype=np.float32)
+    titles = _as_string(items.column(schema.TITLE)).to_pylist()
+    texts = (
+        _as_string(items.column(schema.TEXT)).to_pylist()
+        if schema.TEXT in items.column_names
+        else [None] * items.num_rows
+    )
+    joined = [join_text(title, text) for title, text in zip(titles, texts, strict=True)]
+    vectors = np.asarray(item_text_embeddings(joined, encoder, dim, Path(cache_dir)), dtype=np.float32)
     if vectors.shape[0] != items.num_rows:
         raise ValueError(
             f"text encoder {encoder!r} returned {vectors.shape[0]} rows for {items.num_rows} items"

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -53,30 +51,6 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def _stand_in_text_encoder() -> types.ModuleType:
-    """model/text_encoder.py is another helper's; this stand-in keeps its signature: one row per text, in
-    order, from the characters of the text (so equal titles get equal vectors)."""
-
-    def item_text_embeddings(texts: list[str], encoder: str, dim: int, cache_dir: Path) -> np.ndarray:
-        assert encoder != "none"
-        out = np.zeros((len(texts), dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for k, ch in enumerate(text):
-                out[row, (ord(ch) + k) % dim] += 1.0
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
-
-    module = types.ModuleType("model.text_encoder")
-    module.item_text_embeddings = item_text_embeddings  # type: ignore[attr-defined]
-    return module
-
-
-@pytest.fixture(scope="module")
-def text_encoder():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sys.modules, "model.text_encoder", _stand_in_text_encoder())
-        yield
-
-
 def add_category_labels(features: Path) -> Path:
     """label_genre: the item's categories; label_taste: the categories of the user's history items, repeats
     kept (users without history have an empty list)."""
@@ -108,7 +82,7 @@ VARIANTS = {
     "ple_din_text": {
         "architecture": "ple",
         "history_pooling": "din",
-        "text_encoder": "stand-in",
+        "text_encoder": "tfidf",
         "text_dim": 6,
     },
     "mmoe_din_uncertainty": {
@@ -130,7 +104,7 @@ def features_dir(workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
-def trained(request, features_dir: Path, workdir: Path, text_encoder):
+def trained(request, features_dir: Path, workdir: Path):
     cfg = make_config(workdir / request.param, epochs=4, **VARIANTS[request.param])
     result = train_model(features_dir, cfg, RUN_DATE, workdir / request.param / "models", show_progress=False)
     return request.param, cfg, result
@@ -179,7 +153,7 @@ def _pairwise_top_k(model, features: Path, cfg: Config, vocab, layout: FeatureLa
     return out
 
 
-def test_scorer_matches_forward_pair_by_pair(trained, features_dir: Path, text_encoder) -> None:
+def test_scorer_matches_forward_pair_by_pair(trained, features_dir: Path) -> None:
     _, cfg, result = trained
     recs = score_users(result.model_dir, features_dir, cfg, show_progress=False)
     model, meta, vocab = load_model(result.model_dir)
@@ -440,9 +414,9 @@ def test_multiclass_tasks_train_and_are_not_published(features_dir: Path, workdi
         score_users(result.model_dir, features_dir, blend_genre, show_progress=False)
 
 
-def test_item_text_is_looked_up_by_item_id(text_encoder, tmp_path: Path) -> None:
+def test_item_text_is_looked_up_by_item_id(tmp_path: Path) -> None:
     items = pa.table({schema.ITEM_ID: ["b", "a"], schema.TITLE: ["Heat", None]})
-    text = item_text(items, "stand-in", TEXT_WIDTH, tmp_path)
+    text = item_text(items, "tfidf", TEXT_WIDTH, tmp_path)
     assert text.vectors.shape == (2, TEXT_WIDTH) and text.vectors[1].sum() == 0  # a null title: ""
     rows = text.rows_for(pa.array(["a", "b", "gone", "b"]))
     assert torch.equal(rows[1], torch.from_numpy(text.vectors[0])) and torch.equal(rows[3], rows[1])
