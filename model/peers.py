@@ -35,6 +35,7 @@ from nightrec.config import Config, TaskConfig
 from nightrec.schema import probability_column
 
 COLUMNS = ["user_id", "item_id", "rank", "score"]
+EPOCH = date(1970, 1, 1)  # before any event: "first seen" looks at the whole landing zone
 # The grid of the evaluation notes: EASE's lambda is picked from it per run date.
 EASE_LAMBDAS = (50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0)
 
@@ -295,7 +296,9 @@ def evaluate_night(
     truth = judged_pairs(history, future)
     users = sorted(truth["user_id"].unique())
     candidates = history["item_id"].nunique()
-    new = new_items(history, run_date, new_item_days)
+    # First seen over the whole landing zone, not just the lookback: with a short lookback every item would
+    # look new.
+    new = new_items(read_events(landing, EPOCH, run_date, types), run_date, new_item_days)
 
     recs = {name: ranker.recs for name, ranker in rankers.items()}
     if peers:
