@@ -98,15 +98,17 @@ def overall(nights: list[NightJudgement], k: int) -> dict[str, dict[str, float]]
     names = list(dict.fromkeys(name for n in nights for name in n.metrics))
     for name in names:
         rows = [n.metrics[name] for n in nights if name in n.metrics]
-        users = sum(r.get("users", 0) for r in rows)
-        entry: dict[str, Any] = {"users": users}
-        for m in TOPK:
-            key = f"{m}@{k}"
-            judged = [(r[key], r["users"]) for r in rows if r.get("users")]
-            entry[key] = sum(v * u for v, u in judged) / users if users else math.nan
+        entry: dict[str, Any] = {}
+        if any("users" in r for r in rows):  # a ranker judged on its top K (the bias peer only gives an AUC)
+            users = entry["users"] = sum(r.get("users", 0) for r in rows)
+            for m in TOPK:
+                key = f"{m}@{k}"
+                judged = [(r[key], r["users"]) for r in rows if r.get("users")]
+                entry[key] = sum(v * u for v, u in judged) / users if users else math.nan
         for key in ("coverage", "new_item_share"):
-            values = [r[key] for r in rows if key in r and not math.isnan(r[key])]
-            entry[key] = float(np.mean(values)) if values else math.nan
+            if any(key in r for r in rows):
+                values = [r[key] for r in rows if key in r and not math.isnan(r[key])]
+                entry[key] = float(np.mean(values)) if values else math.nan
         tasks = dict.fromkeys(t for n in nights for t in n.auc_inputs.get(name, {}))
         for t in tasks:
             parts = [n.auc_inputs[name][t] for n in nights if t in n.auc_inputs.get(name, {})]

@@ -321,11 +321,11 @@ def evaluate_night(
             history, all_future.loc[all_future["event_type"].isin(task.label.event_types)]
         ).reset_index(drop=True)
         labels = value_rule(events["value"], task.label.min_value, task.label.max_value)
-        scored = {
-            name: ranker.score_pairs(events[["user_id", "item_id"]])[probability_column(task_name)].to_numpy()
-            for name, ranker in rankers.items()
-            if ranker.score_pairs is not None
-        }
+        scored = {}
+        for name, ranker in rankers.items():
+            frame = ranker.score_pairs(events[["user_id", "item_id"]]) if ranker.score_pairs else None
+            if frame is not None and probability_column(task_name) in frame:  # a single-task model has one
+                scored[name] = frame[probability_column(task_name)].to_numpy()
         if peers:
             task_history = all_history.loc[all_history["event_type"].isin(task.label.event_types)]
             scored["bias"] = bias_peer(task_history, events)

@@ -116,3 +116,25 @@ def test_score_pairs_gives_the_published_scores_and_flags_unknown_ids(backtested
     assert main([*argv, "--output", str(tmp_path / "latest.csv")]) == 0, "default: the latest published date"
     latest = pd.read_csv(tmp_path / "latest.csv", dtype={"user_id": str, "item_id": str})
     assert len(latest) == len(pairs) and latest["model_version"].nunique() == 1
+
+
+def test_single_task_models_are_judged_beside_the_multi_task_one(backtested, tmp_path, capsys):
+    root, _, argv, first = backtested
+    capsys.readouterr()
+    assert main([*argv, "--single-task", "--out", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["files"] == [str(tmp_path / "backtest.json"), str(tmp_path / "backtest.md")]
+    for night, before in zip(result["nights"], first["nights"], strict=True):
+        assert set(night["metrics"]) == {
+            "model",
+            "pop",
+            "itemknn",
+            "ease",
+            "model[click only]",
+            "model[purchase only]",
+        }
+        assert night["metrics"]["model"] == before["metrics"]["model"], (
+            "the published night is judged as it was"
+        )
+        assert {m["users"] for m in night["metrics"].values()} == {before["metrics"]["model"]["users"]}
+    assert "| model[click only] |" in (tmp_path / "backtest.md").read_text()
