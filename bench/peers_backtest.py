@@ -6,6 +6,8 @@ evaluator (`model.evaluation`) and our peers (`model.peers`) before any model is
     .venv/bin/nightrec import movielens --source /work/shared/data/movielens-100k --out var/ml100k/landing
     .venv/bin/python bench/peers_backtest.py --dataset ml100k --landing var/ml100k/landing --json var/ml100k/peers.json
 
+The like task (rating >= 4) is judged too: the user-plus-item bias peer's AUC pooled over every judged test rating.
+
 EASE is reported twice: with lambda chosen on the 14 days before each D (what a nightly run can do) and with
 lambda chosen on each date's test window ("optimistic"), which is how the reference EASE figure was made.
 """
@@ -17,10 +19,12 @@ import json
 import time
 from datetime import date, timedelta
 
+import numpy as np
 import pandas as pd
 
-from model.evaluation import judged_pairs, read_events, topk_metrics
-from model.peers import EASE_LAMBDAS, choose_ease_lambda, ease_sweep, itemknn_peer, pop_peer
+from model.evaluation import judged_events, judged_pairs, read_events, topk_metrics, value_rule
+from model.metrics import roc_auc
+from model.peers import EASE_LAMBDAS, bias_peer, choose_ease_lambda, ease_sweep, itemknn_peer, pop_peer
 
 RUN_DATES = {
     "ml100k": [date(1997, 11, 15) + timedelta(days=14 * i) for i in range(11)],
@@ -37,8 +41,20 @@ RUN_DATES = {
 }
 # NDCG@10 and judged (date, user) pairs from the evaluation notes.
 REFERENCE = {
-    "ml100k": {"pairs": 659, "pop": 0.1169, "itemknn": 0.1041, "ease_optimistic": 0.1272},
-    "ml1m": {"pairs": 1511, "pop": 0.1317, "itemknn": 0.1356, "ease_optimistic": 0.1372},
+    "ml100k": {
+        "pairs": 659,
+        "pop": 0.1169,
+        "itemknn": 0.1041,
+        "ease_optimistic": 0.1272,
+        "like_auc_bias": 0.7453,
+    },
+    "ml1m": {
+        "pairs": 1511,
+        "pop": 0.1317,
+        "itemknn": 0.1356,
+        "ease_optimistic": 0.1372,
+        "like_auc_bias": 0.7897,
+    },
 }
 PEERS = ["pop", "itemknn", "ease", "ease_optimistic"]
 EPOCH = date(1970, 1, 1)  # MovieLens ratings are Unix timestamps: nothing lies before
@@ -67,6 +83,19 @@ def night(
         {"date": run_date.isoformat(), "peer": peer, **metrics, "lambda": lam}
         for peer, (metrics, lam) in found.items()
     ]
+
+
+def like_auc(events: pd.DataFrame, dates: list[date], horizon: int) -> float | None:
+    """The bias peer's AUC of rating >= 4, pooled over every judged test rating of every date."""
+    ts = pd.to_datetime(events["ts"], utc=True)
+    labels, scores = [], []
+    for d in dates:
+        start, end = pd.Timestamp(d, tz="UTC"), pd.Timestamp(d + timedelta(days=horizon), tz="UTC")
+        history = events[ts < start]
+        test = judged_events(history, events[(ts >= start) & (ts < end)])
+        labels.append(value_rule(test["value"], 4.0, None))
+        scores.append(bias_peer(history, test))
+    return roc_auc(np.concatenate(labels), np.concatenate(scores))
 
 
 def pooled(rows: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -114,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     as_reference = (args.k, args.horizon, args.pop_days, args.knn_neighbours) == (10, 14, 90, None)
     reference = REFERENCE[args.dataset] if as_reference and not args.dates else None
     started = time.perf_counter()
-    events = read_events(args.landing, EPOCH, max(dates) + timedelta(days=args.horizon), ["rating"])
+    events = read_events(args.landing, EPOCH, max(dates) + timedelta(days=args.horizon), ["rating"], True)
     rows = pd.DataFrame(
         [
             row
@@ -123,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     means = pooled(rows, args.k)
+    auc = like_auc(events, dates, args.horizon)
     seconds = time.perf_counter() - started
     print(render(rows, means, reference))
+    shown = f" (reference {reference['like_auc_bias']})" if reference else ""
+    print(f"like (rating >= 4): bias peer AUC {auc:.4f}{shown}")
     print(f"{len(dates)} run dates in {seconds:.1f} s")
     if args.json:
         report = {
@@ -137,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(seconds, 1),
             "per_date": rows.astype(object).where(rows.notna(), None).to_dict(orient="records"),
             "mean": means.reset_index().to_dict(orient="records"),
+            "like_auc_bias": auc,
             "reference": reference,
         }
         with open(args.json, "w") as f:

@@ -107,6 +107,18 @@ def train_step(
     return train_in_process(cfg, run_date, show_progress, flow_run_id=flow_run.get_id())
 
 
+@task(name="champion-gate", cache_policy=NO_CACHE)
+def champion_gate_step(cfg: Config, run_date: date, trained: TrainedModel, paths: RunPaths):
+    """The new model against the champion (the model of the newest published date before this one)."""
+    from model.champion import champion_before, judge
+
+    with open_store(cfg, read_only=True) as wh:
+        champion = champion_before(wh, run_date)
+    return judge(
+        cfg, run_date, paths.features, Path(trained.model_dir), trained.version, champion, paths.models
+    )
+
+
 @task(name="score", cache_policy=NO_CACHE)
 def score_step(cfg: Config, model_dir: Path, paths: RunPaths, show_progress: bool):
     from model.score import score_users
@@ -184,7 +196,24 @@ def _summary_markdown(outcome: RunOutcome, cfg: Config) -> str:
         f"- rows: {outcome.row_counts}",
         f"- warehouse: `{redact(cfg.data.warehouse)}`",
     ]
-    return "\n".join(lines + _timings_lines(outcome))
+    return "\n".join(lines + _gate_lines(outcome.metrics.get("champion_gate")) + _timings_lines(outcome))
+
+
+def _gate_lines(gate: dict[str, Any] | None) -> list[str]:
+    """The champion verdict and the compared figure, for the nightly-summary artifact."""
+    if not gate:
+        return []
+    kept = "promoted" if gate["promoted"] else f"kept the champion `{gate['champion_version']}`"
+    lines = ["", "## Champion gate", "", f"- verdict: **{kept}**: {gate['reason']}"]
+    lines += ["", f"| {gate['metric']} | value |", "|---|---|"]
+    lines += [f"| candidate `{gate['candidate_version']}` | {_figure(gate['candidate_value'])} |"]
+    if gate["champion_version"]:
+        lines += [f"| champion `{gate['champion_version']}` | {_figure(gate['champion_value'])} |"]
+    return lines
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _timings_lines(outcome: RunOutcome) -> list[str]:
@@ -296,10 +325,11 @@ def nightly(
         trained = _timed(
             outcome, "train", lambda: train_step(cfg, run_date, config_path, workdir, show_progress)
         )
-        outcome.model_version, outcome.metrics = trained.version, trained.metrics
-        recs = _timed(
-            outcome, "score", lambda: score_step(cfg, Path(trained.model_dir), paths, show_progress)
-        )
+        verdict = _timed(outcome, "champion_gate", lambda: champion_gate_step(cfg, run_date, trained, paths))
+        outcome.model_version = verdict.published_version
+        outcome.metrics = {**trained.metrics, "champion_gate": verdict.to_dict()}
+        model_dir = Path(trained.model_dir) if verdict.promoted else paths.models / verdict.published_version
+        recs = _timed(outcome, "score", lambda: score_step(cfg, model_dir, paths, show_progress))
         outcome.row_counts["recommendations"] = len(recs)
         _timed(outcome, "validate_recommendations", lambda: validate_recommendations_step(cfg, recs, paths))
         outcome.status = "published"

@@ -13,16 +13,29 @@ sweep up to rounding, see `ease_sweep`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
 
-from model.evaluation import judged_pairs, read_events, topk_metrics
+from model.evaluation import (
+    catalogue_coverage,
+    judged_events,
+    judged_pairs,
+    new_item_share,
+    new_items,
+    read_events,
+    topk_metrics,
+    value_rule,
+)
+from model.metrics import roc_auc
+from nightrec.config import Config, TaskConfig
+from nightrec.schema import probability_column
 
 COLUMNS = ["user_id", "item_id", "rank", "score"]
+EPOCH = date(1970, 1, 1)  # before any event: "first seen" looks at the whole landing zone
 # The grid of the evaluation notes: EASE's lambda is picked from it per run date.
 EASE_LAMBDAS = (50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0)
 
@@ -154,6 +167,27 @@ def ease_peer(history: pd.DataFrame, users: Sequence[str], k: int = 10, lam: flo
     return _top_unseen(seen @ ease_weights(m.gram(), lam), seen, users, m.items, k)
 
 
+def bias_peer(history: pd.DataFrame, pairs: pd.DataFrame, shrinkage: float = 5.0) -> np.ndarray:
+    """Predicted value of each (user, item) pair: global mean + shrunk item bias + shrunk user bias.
+
+    The yardstick of a value task (MovieLens "like"): b_i = sum(r - mu) / (n_i + shrinkage) over the item's
+    events, then b_u = sum(r - mu - b_i) / (n_u + shrinkage) over the user's; an unseen user or item adds 0.
+    `history` holds (user_id, item_id, value) of the events before D.
+    """
+    value = history["value"].astype(float)
+    mu = float(value.mean())
+    item = (value - mu).groupby(history["item_id"]).agg(["sum", "count"])
+    b_item = item["sum"] / (item["count"] + shrinkage)
+    residual = value - mu - history["item_id"].map(b_item).to_numpy()
+    user = residual.groupby(history["user_id"]).agg(["sum", "count"])
+    b_user = user["sum"] / (user["count"] + shrinkage)
+    return (
+        mu
+        + pairs["item_id"].map(b_item).fillna(0.0).to_numpy()
+        + pairs["user_id"].map(b_user).fillna(0.0).to_numpy()
+    )
+
+
 @dataclass(frozen=True)
 class LambdaChoice:
     """EASE's lambda for a run date, chosen on [val_start, val_end) with the model fitted before val_start."""
@@ -196,27 +230,106 @@ def choose_ease_lambda(
     return LambdaChoice(best, ndcg, val_start, run_date, len(users))
 
 
-def evaluate_night(
-    landing: str,
-    published: pd.DataFrame,
-    run_date: date,
-    event_types: list[str],
-    lookback_days: int,
-    k: int = 10,
-    horizon_days: int = 14,
-) -> dict[str, dict[str, float]]:
-    """A published night and the peers, judged on the same users over the `horizon_days` after it.
+PairScorer = Callable[[pd.DataFrame], pd.DataFrame]
 
-    EASE's lambda is chosen on the 14 days before the run date, never on the judged window.
+
+@dataclass(frozen=True)
+class Ranker:
+    """A ranking to judge beside the peers: its top-K rows and, for the value tasks' AUC, a pair scorer
+    (`model.pair_scores.score_pairs` bound to a model) that adds p_<task> to a frame of (user_id, item_id)."""
+
+    recs: pd.DataFrame
+    score_pairs: PairScorer | None = None
+
+
+@dataclass
+class NightJudgement:
+    """Every ranker's metrics on one run date, and the (labels, scores) behind each AUC, for pooling."""
+
+    run_date: date
+    metrics: dict[str, dict[str, float]]
+    auc_inputs: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+
+
+def value_tasks(cfg: Config) -> dict[str, TaskConfig]:
+    """Binary tasks whose label is a rule on the event's value (MovieLens like: rating >= 4): judged by AUC."""
+    return {
+        t.name: t
+        for t in cfg.tasks
+        if t.type == "binary"
+        and t.label.source == "events"
+        and (t.label.min_value is not None or t.label.max_value is not None)
+    }
+
+
+def judged_event_types(cfg: Config) -> list[str]:
+    """The top-level tasks' events: the engagement a ranking is judged on (every such event counts)."""
+    return sorted({e for t in cfg.tasks if t.parent is None for e in t.label.event_types})
+
+
+def evaluate_night(
+    cfg: Config,
+    run_date: date,
+    rankers: dict[str, Ranker],
+    peers: bool = True,
+    k: int | None = None,
+    horizon_days: int | None = None,
+    new_item_days: int = 14,
+) -> NightJudgement:
+    """The rankers (the published night, ...) and the peers, judged on the same users over the days after D.
+
+    Top-K metrics, catalogue coverage and new-item share over the judged users' top K; for each value task,
+    the AUC of the ranker's p(task) (the bias peer's predicted value) over the judged users' test events of
+    the task's types. EASE's lambda is chosen on the 14 days before the run date, never on the judged window.
     """
-    history = read_events(landing, run_date - timedelta(days=lookback_days), run_date, event_types)
-    future = read_events(landing, run_date, run_date + timedelta(days=horizon_days), event_types)
+    k = k or cfg.evaluation.k
+    horizon_days = horizon_days or cfg.evaluation.test_days
+    types = judged_event_types(cfg)
+    tasks = value_tasks(cfg)
+    every_type = sorted(set(types) | {e for t in tasks.values() for e in t.label.event_types})
+    landing = cfg.data.landing
+    start = run_date - timedelta(days=cfg.features.lookback_days)
+    all_history = read_events(landing, start, run_date, every_type, with_value=True)
+    all_future = read_events(landing, run_date, run_date + timedelta(days=horizon_days), every_type, True)
+    history = all_history.loc[all_history["event_type"].isin(types)]
+    future = all_future.loc[all_future["event_type"].isin(types)]
     truth = judged_pairs(history, future)
     users = sorted(truth["user_id"].unique())
-    lam = choose_ease_lambda(history, run_date).lam
-    return {
-        "model": topk_metrics(published, truth, k),
-        "pop": topk_metrics(pop_peer(history, users, run_date, k), truth, k),
-        "itemknn": topk_metrics(itemknn_peer(history, users, k), truth, k),
-        "ease": topk_metrics(ease_peer(history, users, k, lam=lam), truth, k),
-    }
+    candidates = history["item_id"].nunique()
+    # First seen over the whole landing zone, not just the lookback: with a short lookback every item would
+    # look new.
+    new = new_items(read_events(landing, EPOCH, run_date, types), run_date, new_item_days)
+
+    recs = {name: ranker.recs for name, ranker in rankers.items()}
+    if peers:
+        lam = choose_ease_lambda(history, run_date).lam
+        recs["pop"] = pop_peer(history, users, run_date, k)
+        recs["itemknn"] = itemknn_peer(history, users, k)
+        recs["ease"] = ease_peer(history, users, k, lam=lam)
+    metrics: dict[str, dict[str, float]] = {}
+    for name, ranked in recs.items():
+        judged = ranked[ranked["user_id"].isin(users)]
+        metrics[name] = {
+            **topk_metrics(ranked, truth, k),
+            "coverage": catalogue_coverage(judged, candidates, k),
+            "new_item_share": new_item_share(judged, new, k),
+        }
+
+    auc_inputs: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for task_name, task in tasks.items():
+        events = judged_events(
+            history, all_future.loc[all_future["event_type"].isin(task.label.event_types)]
+        ).reset_index(drop=True)
+        labels = value_rule(events["value"], task.label.min_value, task.label.max_value)
+        scored = {}
+        for name, ranker in rankers.items():
+            frame = ranker.score_pairs(events[["user_id", "item_id"]]) if ranker.score_pairs else None
+            if frame is not None and probability_column(task_name) in frame:  # a single-task model has one
+                scored[name] = frame[probability_column(task_name)].to_numpy()
+        if peers:
+            task_history = all_history.loc[all_history["event_type"].isin(task.label.event_types)]
+            scored["bias"] = bias_peer(task_history, events)
+        for name, scores in scored.items():
+            auc_inputs.setdefault(name, {})[task_name] = (labels, scores)
+            metrics.setdefault(name, {})[f"auc_{task_name}"] = roc_auc(labels, scores)
+    return NightJudgement(run_date, metrics, auc_inputs)

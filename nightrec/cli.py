@@ -41,7 +41,7 @@ exit codes:
      nothing was published
 
 --quiet and --debug go before or after the command; --json is on run,
-backfill, evaluate, recs, runs, generate and import.
+backfill, backtest, evaluate, recs, runs, generate and import.
 
 docs: docs/getting-started.md   a first run, then your own data
       docs/configuration.md     every config key
@@ -311,6 +311,10 @@ def run_summary(result: dict[str, Any], cfg: Config, seconds: float, next_comman
         lines.append(
             f"  {task:<10} {shown or 'no labelled validation examples'} (validation, n={metrics['n']})"
         )
+    gate = result["metrics"].get("champion_gate")
+    if gate:
+        verdict = "new model published" if gate["promoted"] else f"kept champion {gate['champion_version']}"
+        lines.append(f"  champion   {verdict}: {gate['reason']}")
     lines += [
         f"  report     {Path(result['run_dir']) / 'report.html'}",
         f"  warehouse  {result['warehouse']} (view latest_recommendations)",
@@ -491,30 +495,138 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_table(table: dict[str, dict[str, Any]], k: int) -> None:
+    """Rankers by rows: top-K metrics, coverage, new-item share, then any AUC (n/a where undefined)."""
+    columns = [f"recall@{k}", f"ndcg@{k}", f"hit@{k}", "coverage", "new_item_share"]
+    columns += sorted({c for values in table.values() for c in values if c.startswith("auc_")})
+    width = max(len(name) for name in table) + 2
+    print(f"{'':{width}}{'users':>7}" + "".join(f"{c:>16}" for c in columns))
+    for name, values in table.items():
+        cells = [values.get(c) for c in columns]
+        shown = "".join(f"{'n/a':>16}" if v is None or v != v else f"{v:>16.4f}" for v in cells)
+        print(f"{name:{width}}{values.get('users', 0):>7}" + shown)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Judge one published date on the days after it, beside the peers, by the backtest protocol."""
-    from model.peers import evaluate_night
+    from flows.backtest import night_rankers
+    from model.peers import evaluate_night, judged_event_types
 
-    cfg = load(args.config, landing=args.landing)
-    with _warehouse(args) as wh:
-        published = wh.recommendations_for(args.date)
-    if published.empty:
-        raise CliError(f"nothing published for {args.date} (`nightrec runs` lists the runs)")
-    types = sorted({t for task in cfg.tasks if task.parent is None for t in task.label.event_types})
-    result = evaluate_night(
-        cfg.data.landing, published, args.date, types, cfg.features.lookback_days, args.k, args.horizon
+    cfg = load(args.config, landing=args.landing, workdir=args.workdir, warehouse=args.warehouse)
+    if not is_reachable(cfg):
+        raise CliError(f"no warehouse at {cfg.data.warehouse} (run `nightrec run` first)")
+    try:
+        rankers = night_rankers(cfg, args.date)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    k, horizon = args.k or cfg.evaluation.k, args.horizon or cfg.evaluation.test_days
+    result = evaluate_night(cfg, args.date, rankers, peers=cfg.evaluation.peers, k=k, horizon_days=horizon)
+    types = judged_event_types(cfg)
+    if args.json:
+        print_json({"run_date": args.date, "judged_on": types, **result.metrics})
+        return EXIT_OK
+    print(f"{args.date}: judged on {', '.join(types)} events of the {horizon} days after")
+    _print_table(result.metrics, k)
+    return EXIT_OK
+
+
+def is_reachable(cfg: Config) -> bool:
+    """A PostgreSQL warehouse is assumed there; a DuckDB one must exist as a file."""
+    from jobs.warehouse import is_postgres_url
+
+    return is_postgres_url(cfg.data.warehouse) or Path(cfg.data.warehouse).exists()
+
+
+def _backtest_dates(args: argparse.Namespace) -> list[date]:
+    """--dates D1,D2,... or --start/--end/--every Nd (every N days from start, end included if on the step)."""
+    from datetime import timedelta
+
+    if args.dates:
+        if args.start or args.end:
+            raise CliError("give --dates or --start/--end, not both", EXIT_USAGE)
+        try:
+            return sorted({date.fromisoformat(d.strip()) for d in args.dates.split(",") if d.strip()})
+        except ValueError as exc:
+            raise CliError(f"--dates: {exc} (YYYY-MM-DD,YYYY-MM-DD,...)", EXIT_USAGE) from exc
+    if not (args.start and args.end):
+        raise CliError("give --dates D1,D2,... or --start D --end D [--every 14d]", EXIT_USAGE)
+    if args.end < args.start:
+        raise CliError(f"--end {args.end} is before --start {args.start}", EXIT_USAGE)
+    found = re.fullmatch(r"(\d+)d", args.every)
+    if not found or int(found.group(1)) < 1:
+        raise CliError(f"--every {args.every!r}: a number of days like 14d", EXIT_USAGE)
+    step, days = int(found.group(1)), (args.end - args.start).days
+    return [args.start + timedelta(days=i) for i in range(0, days + 1, step)]
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    dates = _backtest_dates(args)
+    load(args.config, **_overrides(args))
+    prefect_console(args.quiet, args.debug)
+    from flows.backtest import backtest, render_markdown
+
+    result = backtest(
+        config_path=args.config,
+        dates=dates,
+        out=args.out,
+        single_task=args.single_task,
+        force=args.force,
+        show_progress=not args.quiet,
+        **_overrides(args),
     )
     if args.json:
-        print_json({"run_date": args.date, "judged_on": types, **result})
+        print_json(result)
         return EXIT_OK
-    print(f"{args.date}: judged on {', '.join(types)} events of the {args.horizon} days after")
-    print(
-        f"{'':10}{'users':>7}"
-        + "".join(f"{m:>11}" for m in (f"recall@{args.k}", f"ndcg@{args.k}", f"hit@{args.k}"))
-    )
-    for name, metrics in result.items():
-        values = [metrics[f"{m}@{args.k}"] for m in ("recall", "ndcg", "hit")]
-        print(f"{name:10}{metrics['users']:>7}" + "".join(f"{v:>11.4f}" for v in values))
+    print(render_markdown(result))
+    print(f"written: {', '.join(result['files'])}")
+    return EXIT_OK
+
+
+def _read_pairs(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    if not path.is_file():
+        raise CliError(f"no input at {path}", EXIT_USAGE)
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype={"user_id": str, "item_id": str})
+    return pd.read_parquet(path)
+
+
+def cmd_score_pairs(args: argparse.Namespace) -> int:
+    """Score given (user, item) pairs with the model that published a date, on that run's features."""
+    from model.champion import published_version
+    from model.pair_scores import score_pairs
+
+    cfg = load(args.config, workdir=args.workdir, warehouse=args.warehouse)
+    if not is_reachable(cfg):
+        raise CliError(f"no warehouse at {cfg.data.warehouse} (run `nightrec run` first)")
+    from flows.store import open_store
+
+    with open_store(cfg, read_only=True) as wh:
+        run_date = args.date or max(wh.published_dates(), default=None)
+        version = published_version(wh, run_date) if run_date else None
+    if version is None:
+        raise CliError(f"nothing published{f' for {args.date}' if args.date else ''} (`nightrec runs`)")
+    pairs = _read_pairs(Path(args.input))
+    try:
+        scored = score_pairs(
+            Path(cfg.data.workdir) / "models" / version, cfg.run_dir(run_date) / "features", cfg, pairs
+        )
+    except ValueError as exc:
+        raise CliError(f"{args.input}: {exc}", EXIT_INVALID) from exc
+    out = Path(args.output)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if out.suffix == ".csv":
+        scored.to_csv(tmp, index=False)
+    else:
+        scored.to_parquet(tmp, index=False)
+    tmp.replace(out)
+    unknown = int((~scored["known"]).sum())
+    if not args.quiet:
+        print(
+            f"scored {len(scored)} pairs with model {version} of {run_date} into {out}"
+            + (f"; {unknown} with an unknown user or item (known = false)" if unknown else "")
+        )
     return EXIT_OK
 
 
@@ -636,13 +748,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = command("evaluate", "judge a published date on the days after it, beside peers", cmd_evaluate)
     ev.add_argument("--date", type=_date, required=True, help="a published run date")
-    _config_option(ev, "landing")
+    _config_option(ev, "landing", "workdir")
     ev.add_argument("--warehouse", help="DuckDB file or PostgreSQL URL (default: the config's)")
-    ev.add_argument("--k", type=int, default=10, help="cut-off of the top-K metrics (default 10)")
+    ev.add_argument("--k", type=int, help="cut-off of the top-K metrics (default: evaluation.k)")
     ev.add_argument(
-        "--horizon", type=int, default=14, help="days after the run date to judge on (default 14)"
+        "--horizon", type=int, help="days after the run date to judge on (default: evaluation.test_days)"
     )
     _json_flag(ev)
+
+    bt = command("backtest", "replay past nights and judge each beside the peers", cmd_backtest)
+    bt.add_argument("--dates", help="run dates, comma-separated: 1998-01-10,1998-01-24")
+    bt.add_argument("--start", type=_date, help="first run date (with --end)")
+    bt.add_argument("--end", type=_date, help="last run date, included when on the step")
+    bt.add_argument("--every", default="14d", help="step between --start and --end (default 14d)")
+    bt.add_argument("--out", help="folder for backtest.json and backtest.md (default: <workdir>/backtest)")
+    bt.add_argument("--single-task", action="store_true", help="also train and judge each task alone")
+    bt.add_argument("--force", action="store_true", help="rerun dates that are already published")
+    _config_option(bt, "landing", "workdir", "warehouse")
+    _json_flag(bt)
+
+    sp = command("score-pairs", "score given (user, item) pairs with a published model", cmd_score_pairs)
+    sp.add_argument("--input", required=True, help="Parquet or CSV (.csv) with user_id, item_id")
+    sp.add_argument("--output", required=True, help="Parquet, or CSV when it ends in .csv")
+    sp.add_argument(
+        "--date", type=_date, help="the published date whose model and features to use (default: latest)"
+    )
+    _config_option(sp, "workdir", "warehouse")
 
     docs = command("config-docs", "write docs/configuration.md from the config model", cmd_config_docs)
     docs.add_argument(

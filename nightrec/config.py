@@ -245,6 +245,25 @@ class OrchestrationConfig(Strict):
     )
 
 
+class EvaluationConfig(Strict):
+    """How a night's model is judged: the champion gate before publishing, the backtest after."""
+
+    primary_metric: str = Field(
+        "auto",
+        pattern=r"^(auto|val_loss|[a-z][a-z0-9_]{0,39}\.(auc|logloss|rmse))$",
+        description="What the champion gate compares on the new run's validation slice: auto (the first "
+        "binary task's AUC, else val_loss), val_loss, or <task>.auc / <task>.logloss / <task>.rmse.",
+    )
+    tolerance: float = Field(
+        0.002,
+        ge=0.0,
+        description="The new model replaces the champion unless its primary metric is worse by more than this.",
+    )
+    peers: bool = Field(True, description="Judge the peers (Pop, ItemKNN, EASE, bias) beside the model.")
+    test_days: int = Field(14, ge=1, description="Days after the run date a backtest judges the night on.")
+    k: int = Field(10, ge=1, description="Cut-off of the top-K metrics (Recall@K, NDCG@K, Hit@K).")
+
+
 class Config(Strict):
     data: DataConfig
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -255,6 +274,7 @@ class Config(Strict):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")
     def _tasks_consistent(self) -> Config:

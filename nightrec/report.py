@@ -136,6 +136,8 @@ class MetricsSection(Section):
     val_loss: float | None = None
     columns: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    gate: dict[str, Any] | None = None  # the champion gate's verdict, as the runs row records it
+    comparison: list[dict[str, Any]] = field(default_factory=list)  # per task: candidate and champion figures
 
 
 @dataclass
@@ -609,11 +611,26 @@ def metrics_section(src: Sources) -> MetricsSection:
     tasks: dict[str, dict[str, Any]] = metrics["tasks"]
     present = {k for values in tasks.values() for k in values}
     columns = [c for c in METRIC_ORDER if c in present] + sorted(present - set(METRIC_ORDER))
+    gate = src.run.metrics.get("champion_gate") if src.run else None
     return MetricsSection(
         val_loss=metrics.get("val_loss"),
         columns=columns,
         rows=[{"task": name, "scores": values} for name, values in tasks.items()],
+        gate=gate,
+        comparison=_gate_comparison(gate) if gate else [],
     )
+
+
+def _gate_comparison(gate: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (task, metric) of the gate's two models on the same validation slice, then val_loss."""
+    new, old = gate.get("candidate_metrics", {}), gate.get("champion_metrics", {})
+    rows = [
+        {"what": f"{task}.{key}", "candidate": value, "champion": old.get("tasks", {}).get(task, {}).get(key)}
+        for task, values in new.get("tasks", {}).items()
+        for key, value in values.items()
+        if key in ("auc", "logloss", "rmse")
+    ]
+    return rows + [{"what": "val_loss", "candidate": new.get("val_loss"), "champion": old.get("val_loss")}]
 
 
 def scores_section(src: Sources) -> ScoresSection:

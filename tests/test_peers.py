@@ -205,3 +205,38 @@ def test_peers_on_one_movielens_night(tmp_path):
         "ease": topk_metrics(ease_peer(history, users, lam=250.0), truth)["ndcg@10"],
     }
     assert ndcg == pytest.approx({"pop": 0.1618, "itemknn": 0.1000, "ease": 0.1405}, abs=5e-5)
+
+
+@pytest.mark.skipif(not (ML100K / "u.data").is_file(), reason="MovieLens 100K not available")
+def test_evaluate_night_judges_a_ranker_and_the_peers_on_the_same_users(tmp_path):
+    """The night of 1998-03-07 through `evaluate_night` with the MovieLens config: the peers' figures of the
+    test above, and a ranker made of the Pop rows and the bias peer's values judged exactly like them."""
+    from jobs.movielens import import_movielens
+    from model.metrics import roc_auc
+    from model.peers import Ranker, bias_peer, evaluate_night
+    from nightrec.config import load_config
+
+    landing = tmp_path / "landing"
+    import_movielens(ML100K, landing)
+    cfg = load_config(Path(__file__).parents[1] / "configs/movielens.toml", landing=str(landing))
+    run_date = date(1998, 3, 7)
+    history = read_events(str(landing), date(1970, 1, 1), run_date, ["rating"], with_value=True)
+    pop = pop_peer(history, sorted(history["user_id"].unique()), run_date)
+    ranker = Ranker(pop, lambda pairs: pairs.assign(p_like=bias_peer(history, pairs)))
+
+    night = evaluate_night(cfg, run_date, {"model": ranker})
+    assert {name: m["users"] for name, m in night.metrics.items() if "users" in m} == dict.fromkeys(
+        ["model", "pop", "itemknn", "ease"], 60
+    )
+    assert (
+        night.metrics["model"]["ndcg@10"]
+        == night.metrics["pop"]["ndcg@10"]
+        == pytest.approx(0.1618, abs=5e-5)
+    )
+    assert night.metrics["itemknn"]["ndcg@10"] == pytest.approx(0.1000, abs=5e-5)
+    assert night.metrics["model"]["auc_like"] == night.metrics["bias"]["auc_like"]
+    labels, scores = night.auc_inputs["bias"]["like"]
+    assert len(labels) > 60 and roc_auc(labels, scores) == night.metrics["bias"]["auc_like"]
+    for name in ("model", "pop", "itemknn", "ease"):
+        assert 0.0 < night.metrics[name]["coverage"] <= 1.0
+        assert 0.0 <= night.metrics[name]["new_item_share"] <= 1.0

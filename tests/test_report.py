@@ -127,7 +127,11 @@ def test_steps_and_metrics_match_the_runs_row_and_the_model(report, night):
         assert cell(row, "auc") == f"{values['auc']:,.4f}"
         assert cell(row, "logloss") == f"{values['logloss']:,.4f}"
         assert number(cell(row, "n")) == values["n"]
-    assert 'id="comparison"' in found["metrics"] and "nothing to compare with yet" in found["metrics"]
+    # The first night has no champion: the gate published the new model and says why.
+    gate = found["metrics"][found["metrics"].index('id="comparison"') :]
+    assert "Published the new model" in gate and "first model" in gate
+    click_auc = gate[gate.index('data-metric="click.auc"') :]
+    assert cell(click_auc, "candidate") == f"{meta['metrics']['tasks']['click']['auc']:,.4f}"
     assert f"{len(meta['history'])} epoch(s)" in found["training"]
 
 
