@@ -24,7 +24,7 @@ import pyarrow as pa
 import torch
 
 from model.checkpoint import load_model
-from model.data import FeatureLayout, example_tensors, read_features, split_by_day
+from model.data import FeatureLayout, example_tensors, item_text, read_features, split_by_day, text_cache_dir
 from model.metrics import log_loss, task_metrics
 from nightrec import schema
 from nightrec.config import Config
@@ -87,7 +87,7 @@ def validation_metrics(model_dir: Path, features_dir: Path, cfg: Config, run_dat
     """The model of `model_dir` on the validation slice of the run's features: per-task metrics and val_loss.
 
     val_loss is the task-weighted sum of the per-task losses computed from the predictions (log loss for
-    binary tasks, squared error for regression), so it does not depend on how a model computes its own loss.
+    binary tasks, squared error for regression, cross-entropy for multiclass), so it does not depend on how a model computes its own loss.
     Raises ValueError when the model's tasks are not the config's (the labels would not match).
     """
     model, meta, vocab = load_model(Path(model_dir), "cpu")
@@ -97,14 +97,28 @@ def validation_metrics(model_dir: Path, features_dir: Path, cfg: Config, run_dat
     examples = read_features(features_dir, schema.EXAMPLES)
     _, val_rows = split_by_day(examples.column(schema.DAY).to_numpy(), run_date, cfg.model.validation_days)
     val = examples.take(pa.array(val_rows))
-    data = example_tensors(val, vocab, FeatureLayout.from_dict(meta["layout"]), cfg.tasks)
-    preds = []
+    layout = FeatureLayout.from_dict(meta["layout"])
+    # Each model reads item text through its own encoder settings (the encoder's cache is shared).
+    text = item_text(
+        read_features(features_dir, schema.ITEMS), layout.text_encoder, layout.text_dim, text_cache_dir(cfg)
+    )
+    data = example_tensors(val, vocab, layout, cfg.tasks, text)
+    preds, class_probs = [], []
     with torch.inference_mode():
         for start in range(0, len(data), cfg.model.batch_size):
             batch = data.take(slice(start, start + cfg.model.batch_size))
-            preds.append(model(batch.users, batch.items).predictions.float())
+            out = model(batch.users, batch.items)
+            preds.append(out.predictions.float())
+            class_probs.append(torch.softmax(out.class_logits.float(), dim=-1))
     p, y, mask = torch.cat(preds).numpy(), data.labels.numpy(), data.label_mask.numpy()
-    per_task = task_metrics({t.name: t.type for t in cfg.tasks}, p, y, mask)
+    per_task = task_metrics(
+        {t.name: t.type for t in cfg.tasks},
+        p,
+        y,
+        mask,
+        torch.cat(class_probs).numpy(),
+        data.class_targets.numpy(),
+    )
     loss = 0.0
     for j, task in enumerate(cfg.tasks):
         m = mask[:, j]
@@ -112,6 +126,8 @@ def validation_metrics(model_dir: Path, features_dir: Path, cfg: Config, run_dat
             continue
         if task.type == "binary":
             task_loss = log_loss(y[m, j], p[m, j])
+        elif task.type == "multiclass":
+            task_loss = float(per_task[task.name]["cross_entropy"])
         else:
             task_loss = float(np.mean((p[m, j].astype(np.float64) - y[m, j]) ** 2))
         loss += task.weight * task_loss

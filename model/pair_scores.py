@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 import torch
 
 from model.checkpoint import load_model
-from model.data import FeatureLayout, item_tensors, read_features, user_tensors
-from model.mmoe import precision, resolve_device
+from model.data import FeatureLayout, item_tensors, item_text, read_features, text_cache_dir, user_tensors
+from model.device import precision, resolve_device
 from model.score import compile_blend
 from nightrec import schema
 from nightrec.config import Config
@@ -54,10 +54,10 @@ def score_pairs(
     users = _rows_for(
         pa.array(pairs[schema.USER_ID].astype(str)), read_features(features_dir, schema.USERS), schema.USER_ID
     )
-    items = _rows_for(
-        pa.array(pairs[schema.ITEM_ID].astype(str)), read_features(features_dir, schema.ITEMS), schema.ITEM_ID
-    )
-    user_t, item_t = user_tensors(users, vocab, layout), item_tensors(items, vocab, layout)
+    all_items = read_features(features_dir, schema.ITEMS)
+    items = _rows_for(pa.array(pairs[schema.ITEM_ID].astype(str)), all_items, schema.ITEM_ID)
+    text = item_text(all_items, layout.text_encoder, layout.text_dim, text_cache_dir(cfg))
+    user_t, item_t = user_tensors(users, vocab, layout), item_tensors(items, vocab, layout, text)
     preds, scores = [], []
     with torch.inference_mode():
         for start in range(0, len(pairs), batch_size):
@@ -70,7 +70,8 @@ def score_pairs(
     p_all = torch.cat(preds).double().numpy() if preds else np.empty((0, len(tasks)))
     out = pairs.copy()
     for j, t in enumerate(tasks):
-        out[schema.probability_column(t.name)] = p_all[:, j]
+        if t.type != "multiclass":  # as in the published table: a distribution is not one column
+            out[schema.probability_column(t.name)] = p_all[:, j]
     out["score"] = torch.cat(scores).double().numpy() if scores else np.empty(0)
     out["known"] = (user_t.user.numpy() > 0) & (item_t.item.numpy() > 0)
     out["model_version"] = meta["version"]
