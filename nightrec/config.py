@@ -245,6 +245,27 @@ class OrchestrationConfig(Strict):
     )
 
 
+class ReliabilityConfig(Strict):
+    """How much bad input a night tolerates before it fails (docs/reliability.md)."""
+
+    max_rejected_share: float = Field(
+        0.001,
+        ge=0.0,
+        le=1.0,
+        description="Largest share of the window's events that may fail a row-level check and be quarantined "
+        "to <run_dir>/rejected/ (with the reason per row); more fails the run naming the checks.",
+    )
+    volume_tolerance: float | None = Field(
+        None,
+        gt=0.0,
+        description="Allowed relative change of the last day's event count against the median of the 7 days "
+        "before it (0.5: between half and 1.5 times); unset: no volume check.",
+    )
+    volume_policy: Literal["fail", "warn"] = Field(
+        "fail", description="What a day beyond volume_tolerance does: fail the run, or log a warning and go on."
+    )
+
+
 class Config(Strict):
     data: DataConfig
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -255,6 +276,7 @@ class Config(Strict):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
 
     @model_validator(mode="after")
     def _tasks_consistent(self) -> Config:
