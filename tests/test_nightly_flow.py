@@ -6,11 +6,13 @@ import json
 import shutil
 import socket
 import threading
+from collections.abc import Callable
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -76,15 +78,26 @@ def night(tmp_path_factory, spark, prefect_backend):
     return root, config
 
 
+def edit_partition(landing: Path, copy: Path, day: str, edit: Callable[[pa.Table], pa.Table]) -> Path:
+    """A copy of the landing zone whose events/dt=`day` partition files (`*`: all) are replaced by `edit`."""
+    shutil.copytree(landing, copy)
+    for part in (copy / "events").glob(f"dt={day}/*.parquet"):
+        pq.write_table(edit(pq.read_table(part)), part)
+    return copy
+
+
+def set_values(table: pa.Table, column: str, values: dict[int, object]) -> pa.Table:
+    """`table` with `column` set to `values[i]` on row i (the other rows as they were)."""
+    cells = table.column(column).to_pylist()
+    for i, value in values.items():
+        cells[i] = value
+    field = table.schema.field(column)
+    return table.set_column(table.schema.get_field_index(column), field, pa.array(cells, field.type))
+
+
 def corrupt_landing(landing: Path, copy: Path) -> Path:
     """A copy of the landing zone whose 2026-10-31 partition holds one unknown event type, "clik"."""
-    shutil.copytree(landing, copy)
-    part = next((copy / "events").glob("dt=2026-10-31/*.parquet"))
-    table = pq.read_table(part)
-    types = table.column("event_type").to_pylist()
-    types[0] = "clik"
-    pq.write_table(table.set_column(table.schema.get_field_index("event_type"), "event_type", [types]), part)
-    return copy
+    return edit_partition(landing, copy, "2026-10-31", lambda t: set_values(t, "event_type", {0: "clik"}))
 
 
 def latest(warehouse: Path):
