@@ -262,7 +262,8 @@ class ReliabilityConfig(Strict):
         "before it (0.5: between half and 1.5 times); unset: no volume check.",
     )
     volume_policy: Literal["fail", "warn"] = Field(
-        "fail", description="What a day beyond volume_tolerance does: fail the run, or log a warning and go on."
+        "fail",
+        description="What a day beyond volume_tolerance does: fail the run, or log a warning and go on.",
     )
 
 

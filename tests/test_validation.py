@@ -80,7 +80,11 @@ def test_suites_are_built_from_config_without_a_context(cfg):
         for e in events.expectations
         if e.expectation_type == "expect_column_values_to_be_between" and e.column == "value"
     ]
-    assert [(e.min_value, e.max_value) for e in value_ranges] == [(0.0, 100000.0), (0.0, 10000.0)]
+    assert [(e.min_value, e.max_value) for e in value_ranges] == [
+        (0.0, 100000.0),
+        (0.0, 10000.0),
+        (-math.inf, math.inf),  # NaN and +-inf on every event type
+    ]
     examples = features_suite(cfg)
     columns = {getattr(e, "column", None) for e in examples.expectations}
     assert {"label_dwell", "u_cnt_1d", "u_cnt_7d", "i_pop_1d", "i_pop_7d", "i_age_days"} <= columns
