@@ -172,3 +172,15 @@ def test_table_level_defects_fail_the_night_or_are_ignored(spark, landing, tmp_p
     with pytest.raises((ValidationFailed, ValueError), match=error):
         screen(spark, cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "rejected").exists()
+
+
+def test_a_corrupt_parquet_file_fails_the_read_naming_the_file(spark, landing, tmp_path):
+    bad = edit_partition(landing, tmp_path / "landing", LAST_DAY, lambda t: t)
+    [part] = (bad / "events").glob(f"dt={LAST_DAY}/*.parquet")
+    part.write_bytes(b"PAR1 this is not a Parquet file")
+    cfg = config(tmp_path, bad)
+
+    with pytest.raises(Exception, match=part.name) as caught:
+        screen(spark, cfg, tmp_path / "run")
+    assert not isinstance(caught.value, ValidationFailed)  # a read error, not a data verdict
+    assert not (tmp_path / "run" / "rejected").exists()

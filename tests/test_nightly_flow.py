@@ -150,17 +150,42 @@ def test_invalid_logs_fail_validation_and_keep_the_published_table(night, tmp_pa
     assert len(before), "needs the published night of the previous test"
 
     bad_landing = corrupt_landing(root / "landing", tmp_path / "landing")
+    strict = tmp_path / "strict.toml"  # not one bad row tolerated: the default share would quarantine it
+    strict.write_text(config.read_text() + "\n[reliability]\nmax_rejected_share = 0.0\n")
 
     with pytest.raises(ValidationFailed, match="expect_column_values_to_be_in_set") as failure:
         nightly(
-            run_date=date(2026, 11, 2), config_path=str(config), landing=str(bad_landing), show_progress=False
+            run_date=date(2026, 11, 2), config_path=str(strict), landing=str(bad_landing), show_progress=False
         )
     assert "clik" in str(failure.value)
+    assert "fail row-level checks, above reliability.max_rejected_share = 0.000%" in str(failure.value)
+    assert not (root / "work/runs/2026-11-02/features/_NIGHTREC_COMPLETE").exists()
 
     after = latest(root / "warehouse.duckdb")
     assert after.equals(before)
     last = runs(root / "warehouse.duckdb").iloc[-1]
     assert last["status"] == "failed" and "expect_column_values_to_be_in_set" in last["error"]
+
+
+def test_a_bad_row_is_quarantined_and_the_night_publishes_the_rest(night, tmp_path):
+    """One unknown event type in ~5000 events: set aside with its reason, counted in runs, the night goes on."""
+    from flows.nightly import nightly
+
+    root, config = night
+    bad_landing = corrupt_landing(root / "landing", tmp_path / "landing")
+    result = nightly(
+        run_date=date(2026, 11, 2), config_path=str(config), landing=str(bad_landing), show_progress=False
+    )
+
+    assert result["status"] == "published" and result["row_counts"]["rejected"] == 1
+    [rejected] = pq.read_table(root / "work/runs/2026-11-02/rejected").to_pylist()
+    assert rejected["event_type"] == "clik"
+    assert rejected["reason"] == "expect_column_values_to_be_in_set(event_type)"
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        assert con.sql(
+            "SELECT rejected_rows FROM runs WHERE run_id = ?", params=[result["run_id"]]
+        ).fetchall() == [(1,)]
+    assert str(latest(root / "warehouse.duckdb")["run_date"].iloc[0]).startswith("2026-11-02")
 
 
 class Webhook:
