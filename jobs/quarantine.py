@@ -18,6 +18,7 @@ suite again, so that any disagreement between the two readings fails the run rat
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -29,7 +30,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs.landing import EVENT_COLUMNS
-from jobs.reliability import clear_complete, mark_complete, private_dir
+from jobs.reliability import mark_complete, private_dir
 from jobs.validation import (
     ValidationFailed,
     ValidationReport,
@@ -113,7 +114,7 @@ def _label(expectation: gx.expectations.Expectation) -> str:
 
 
 def _with_reasons(checked: DataFrame, expectations: list[gx.expectations.Expectation]) -> DataFrame:
-    """`checked` with `reason`: the failed checks of each row joined by '; ', null on a clean row."""
+    """`checked` with `reason`: the failed checks of each row joined by '; ', '' on a clean row."""
     reasons = [
         F.when(condition, F.lit(_label(e))) for e in expectations if (condition := violation(e)) is not None
     ]
@@ -151,7 +152,7 @@ def screen_events(
     `<run_dir>/data_docs`, rejected rows to `<run_dir>/rejected/` (owner-only: they hold user ids).
     """
     docs_dir, rejected_dir = Path(run_dir) / "data_docs", Path(run_dir) / REJECTED_DIR
-    clear_complete(rejected_dir)
+    shutil.rmtree(rejected_dir, ignore_errors=True)  # a rerun's rejects replace the last run's, or none
     checked = checked_events(events, items).cache()
     try:
         per_day = checked.groupBy(F.to_date("ts")).count().collect()  # a null ts counts under None
