@@ -313,6 +313,8 @@ def nightly(
         _save_run(cfg, outcome, "running")
         screening = _timed(outcome, "validate_events", lambda: validate_events_step(cfg, run_date, paths))
         outcome.rejected_rows = screening.rejected
+        if screening.volume_warning:  # reliability.volume_policy = "warn": said in the run's log, not fatal
+            logger.warning("%s", screening.volume_warning)
         outcome.row_counts.update(
             events=screening.events, rejected=screening.rejected, duplicates=screening.duplicates
         )

@@ -157,6 +157,12 @@ TABLE_DEFECTS = {
     "extra_column_is_ignored": ("*", _extra_column, "", None),
     "empty_day": (LAST_DAY, lambda t: t.slice(0, 0), "volume_tolerance = 0.5", "volume suite failed"),
     "volume_spike": (LAST_DAY, lambda t: pa.concat_tables([t] * 4), "volume_tolerance = 0.5", "volume suite"),
+    "volume_drop_warns": (
+        LAST_DAY,
+        lambda t: t.slice(0, t.num_rows // 4),
+        'volume_tolerance = 0.5\nvolume_policy = "warn"',
+        None,
+    ),
 }
 
 
@@ -168,6 +174,10 @@ def test_table_level_defects_fail_the_night_or_are_ignored(spark, landing, tmp_p
     if error is None:
         screening = screen(spark, cfg, tmp_path / "run")[0]
         assert screening.rejected == 0 and not screening.needs_cleaning
+        if "warn" in reliability:
+            assert screening.volume_warning.startswith("volume suite failed 1 of 1 expectations")
+        else:
+            assert screening.volume_warning is None
         return
     with pytest.raises((ValidationFailed, ValueError), match=error):
         screen(spark, cfg, tmp_path / "run")
