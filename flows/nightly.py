@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from flows.notify import failure_message, post_json, webhook_url
 from flows.run_date import resolve_run_date
 from flows.store import open_store
 from flows.train import TrainedModel, train_in_process, train_remotely
+from jobs.reliability import run_lock
 from jobs.warehouse import redact
 from nightrec.config import Config, load_config
 
@@ -61,37 +63,55 @@ class RunOutcome:
     row_counts: dict[str, int] = field(default_factory=dict)
     step_timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    rejected_rows: int = 0
     step: str = "start"  # the step running now; after a failure, the one that failed
 
 
-@task(name="validate-events", cache_policy=NO_CACHE)
-def validate_events_step(cfg: Config, run_date: date, paths: RunPaths) -> int:
-    """Read the window's raw events and check them before anything is computed from them."""
-    from jobs.feature_job import Window, load_inputs
+def _window_inputs(cfg: Config, run_date: date):
+    """The window's events (with their `dt` partition, for the checks) and the items, as Spark frames."""
+    from jobs.feature_job import Window
+    from jobs.landing import read_events, read_items
     from jobs.spark import get_spark
-    from jobs.validation import validate_events
 
-    window = Window.for_run(cfg, run_date)
-    events, _ = load_inputs(get_spark(cfg.spark), cfg, window)
-    validate_events(events, cfg, window.start, window.run_date, paths.data_docs)
-    return events.count()
+    spark, window = get_spark(cfg.spark), Window.for_run(cfg, run_date)
+    events = read_events(spark, cfg.data.landing, window.start, run_date, with_partition=True)
+    return window, events, read_items(spark, cfg.data.landing)
+
+
+@task(name="validate-events", cache_policy=NO_CACHE)
+def validate_events_step(cfg: Config, run_date: date, paths: RunPaths):
+    """Check the window's raw events before anything is computed from them; quarantine a few bad rows."""
+    from jobs.quarantine import screen_events
+
+    window, events, items = _window_inputs(cfg, run_date)
+    return screen_events(events, items, cfg, window.start, run_date, paths.run_dir)
 
 
 @task(name="build-features", cache_policy=NO_CACHE)
-def build_features_step(cfg: Config, run_date: date, paths: RunPaths) -> dict[str, int]:
-    from jobs.feature_job import Window, load_inputs, write_features
-    from jobs.spark import get_spark
+def build_features_step(cfg: Config, run_date: date, paths: RunPaths, needs_cleaning: bool) -> dict[str, int]:
+    """The features of the screened events; the directory counts as written only once its marker is."""
+    from jobs.feature_job import write_features
+    from jobs.landing import EVENT_COLUMNS
+    from jobs.quarantine import clean_events
+    from jobs.reliability import clear_complete, mark_complete
 
-    events, items = load_inputs(get_spark(cfg.spark), cfg, Window.for_run(cfg, run_date))
-    return write_features(events, items, cfg, run_date, paths.features)
+    clear_complete(paths.features)
+    window, events, items = _window_inputs(cfg, run_date)
+    if needs_cleaning:
+        events = clean_events(events, items, cfg, window.start, run_date)
+    counts = write_features(events.select(*EVENT_COLUMNS), items, cfg, run_date, paths.features)
+    mark_complete(paths.features, counts)
+    return counts
 
 
 @task(name="validate-features", cache_policy=NO_CACHE)
 def validate_features_step(cfg: Config, paths: RunPaths) -> None:
+    from jobs.reliability import require_complete
     from jobs.spark import get_spark
     from jobs.validation import validate_examples
     from nightrec import schema as S
 
+    require_complete(paths.features, "build-features")
     examples = get_spark(cfg.spark).read.parquet(str(paths.features / S.EXAMPLES))
     validate_examples(examples, cfg, paths.data_docs)
 
@@ -121,8 +141,10 @@ def champion_gate_step(cfg: Config, run_date: date, trained: TrainedModel, paths
 
 @task(name="score", cache_policy=NO_CACHE)
 def score_step(cfg: Config, model_dir: Path, paths: RunPaths, show_progress: bool):
+    from jobs.reliability import require_complete
     from model.score import score_users
 
+    require_complete(paths.features, "build-features")
     recs = score_users(model_dir, paths.features, cfg, show_progress=show_progress)
     recs["generated_at"] = datetime.now(UTC)
     return recs
@@ -170,6 +192,7 @@ def _record(outcome: RunOutcome, status: str):
         row_counts=outcome.row_counts,
         step_timings=outcome.step_timings,
         error=outcome.error,
+        rejected_rows=outcome.rejected_rows,
     )
 
 
@@ -309,17 +332,27 @@ def nightly(
     run_id = str(flow_run.get_id() or uuid.uuid4())
     outcome = RunOutcome(run_id=run_id, run_date=run_date, status="running", step="load_config")
     cfg: Config | None = None
+    lock = ExitStack()
     try:
         cfg = load_config(config_path, landing=landing, workdir=workdir, warehouse=warehouse)
         paths = RunPaths.for_run(cfg, run_date)
-        paths.run_dir.mkdir(parents=True, exist_ok=True)
+        outcome.step = "lock"
+        lock.enter_context(run_lock(paths.run_dir))  # a second run of the date is refused, never interleaved
         outcome.step = "record_start"
         _save_run(cfg, outcome, "running")
-        outcome.row_counts["events"] = _timed(
-            outcome, "validate_events", lambda: validate_events_step(cfg, run_date, paths)
+        screening = _timed(outcome, "validate_events", lambda: validate_events_step(cfg, run_date, paths))
+        outcome.rejected_rows = screening.rejected
+        if screening.volume_warning:  # reliability.volume_policy = "warn": said in the run's log, not fatal
+            logger.warning("%s", screening.volume_warning)
+        outcome.row_counts.update(
+            events=screening.events, rejected=screening.rejected, duplicates=screening.duplicates
         )
         outcome.row_counts.update(
-            _timed(outcome, "features", lambda: build_features_step(cfg, run_date, paths))
+            _timed(
+                outcome,
+                "features",
+                lambda: build_features_step(cfg, run_date, paths, screening.needs_cleaning),
+            )
         )
         _timed(outcome, "validate_features", lambda: validate_features_step(cfg, paths))
         trained = _timed(
@@ -347,6 +380,8 @@ def nightly(
     except Exception as exc:
         _report_failure(cfg, outcome, exc)
         raise
+    finally:
+        lock.close()
     _publish_report(cfg, run_date)
     create_table_artifact(
         _metrics_rows(outcome.metrics), key="nightly-metrics", description="Validation metrics"

@@ -75,6 +75,14 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "ts": ("TimestampType", "TimestampNTZType"),
 }
 EXAMPLE_KEYS = (schema.USER_ID, schema.ITEM_ID, schema.DAY)
+# Derived columns of the events check: the `dt` partition a row was read from against the UTC day of its
+# `ts` (a partition holding another date's events), and whether its item is in the catalogue (`items/`).
+PARTITION_DAY = "partition_day"
+EVENT_DAY = "event_day"
+IN_CATALOGUE = "in_catalogue"
+DERIVED_EVENT_COLUMNS = (PARTITION_DAY, EVENT_DAY, IN_CATALOGUE)
+VOLUME = "volume"
+VOLUME_BASELINE_DAYS = 7
 _NUMERIC_SPARK_TYPES = ("byte", "short", "int", "bigint", "float", "double", "decimal")
 
 # Expectation kwargs that say *where* an expectation looks rather than what it expects.
@@ -136,6 +144,7 @@ class ValidationReport:
     success: bool
     results: list[ExpectationOutcome]
     docs_index: Path | None
+    note: str | None = None  # said before the failures: why they fail the run (say, a threshold)
 
     @property
     def failures(self) -> list[ExpectationOutcome]:
@@ -146,7 +155,7 @@ class ValidationReport:
         if self.success:
             return f"{self.suite} suite passed {len(self.results)} expectations{docs}"
         head = f"{self.suite} suite failed {len(self.failures)} of {len(self.results)} expectations{docs}:"
-        return "\n".join([head, *(f.describe() for f in self.failures)])
+        return "\n".join([head, *([self.note] if self.note else []), *(f.describe() for f in self.failures)])
 
 
 class ValidationFailed(Exception):
@@ -157,8 +166,18 @@ class ValidationFailed(Exception):
         self.report = report
 
 
-def events_suite(cfg: Config, window_start: date, run_date: date) -> gx.ExpectationSuite:
-    """The raw events of [window_start, run_date): schema, keys, known types, time window, value ranges."""
+def events_suite(
+    cfg: Config,
+    window_start: date,
+    run_date: date,
+    partition_check: bool = False,
+    catalogue_check: bool = False,
+) -> gx.ExpectationSuite:
+    """The raw events of [window_start, run_date): schema, keys, known types, time window, value ranges.
+
+    With `partition_check` each row's `dt` partition must be the day of its `ts`, with `catalogue_check` its
+    item must be in the catalogue: both on the derived columns `checked_events` adds.
+    """
     if window_start >= run_date:
         raise ValueError(f"empty window: window_start {window_start} is not before run_date {run_date}")
     expectations: list[gxe.Expectation] = []
@@ -170,6 +189,8 @@ def events_suite(cfg: Config, window_start: date, run_date: date) -> gx.Expectat
             expectations.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=list(types)))
     for column in ("event_id", "user_id", "item_id", "event_type", "ts"):
         expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
+    for column in ("event_id", "user_id", "item_id"):  # an empty id is as missing as a null one
+        expectations.append(gxe.ExpectColumnValueLengthsToBeBetween(column=column, min_value=1))
     expectations += [
         gxe.ExpectColumnValuesToBeUnique(column="event_id"),
         gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(cfg.validation.event_types)),
@@ -188,6 +209,25 @@ def events_suite(cfg: Config, window_start: date, run_date: date) -> gx.Expectat
                 min_value=low,
                 max_value=high,
                 row_condition=Column("event_type") == event_type,
+            )
+        )
+    # NaN and +-inf on every event type, ranged or not (a NaN passes no range, but not every type has one).
+    expectations.append(_finite("value"))
+    if partition_check:
+        expectations.append(
+            gxe.ExpectColumnPairValuesToBeEqual(
+                column_A=PARTITION_DAY,
+                column_B=EVENT_DAY,
+                ignore_row_if="either_value_is_missing",  # a null ts is the not-null check's business
+                notes="an event lies in the dt= partition of its own UTC day",
+            )
+        )
+    if catalogue_check:
+        expectations.append(
+            gxe.ExpectColumnValuesToBeInSet(
+                column=IN_CATALOGUE,
+                value_set=[True],
+                notes="the event's item is in items/",
             )
         )
     expectations.append(gxe.ExpectTableRowCountToBeBetween(min_value=1))
@@ -221,9 +261,11 @@ def features_suite(cfg: Config, numeric_features: list[str] | None = None) -> gx
     expectations.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=list(EXAMPLE_KEYS)))
     for task in cfg.tasks:
         label = schema.label_column(task.name)
+        # A multiclass label is the list of categories the target distribution is built from.
+        label_type = "ArrayType" if task.type == "multiclass" else "DoubleType"
         expectations += [
             gxe.ExpectColumnToExist(column=label),
-            gxe.ExpectColumnValuesToBeOfType(column=label, type_="DoubleType"),
+            gxe.ExpectColumnValuesToBeOfType(column=label, type_=label_type),
         ]
         if task.type != "binary":
             continue  # a regression label is null where the example had no such event, any value otherwise
@@ -396,12 +438,105 @@ def _recommendation_counts(
     return per_user.reset_index()
 
 
-def validate_events(
-    events: DataFrame, cfg: Config, window_start: date, run_date: date, docs_dir: Path
+def checked_events(events: DataFrame, items: DataFrame | None = None) -> DataFrame:
+    """`events` plus the derived columns the events suite checks where it can.
+
+    `partition_day`/`event_day` when the frame still has its `dt` partition column, `in_catalogue` when
+    the items are given. The pipeline itself goes on with `events`: these columns exist for the checks.
+    """
+    from pyspark.sql import functions as F
+
+    if "dt" in events.columns:
+        events = events.withColumns(
+            {PARTITION_DAY: F.col("dt").cast("date"), EVENT_DAY: F.to_date("ts")}
+        ).drop("dt")
+    if items is not None:
+        known = items.select(schema.ITEM_ID).distinct().withColumn(IN_CATALOGUE, F.lit(True))
+        events = events.join(known, schema.ITEM_ID, "left").withColumn(
+            IN_CATALOGUE, F.coalesce(F.col(IN_CATALOGUE), F.lit(False))
+        )
+    return events
+
+
+def events_suite_for(
+    checked: DataFrame, cfg: Config, window_start: date, run_date: date
+) -> gx.ExpectationSuite:
+    """The events suite with the derived-column checks that `checked` (from `checked_events`) allows."""
+    return events_suite(
+        cfg,
+        window_start,
+        run_date,
+        partition_check=PARTITION_DAY in checked.columns,
+        catalogue_check=IN_CATALOGUE in checked.columns,
+    )
+
+
+def run_events_suite(
+    checked: DataFrame, cfg: Config, window_start: date, run_date: date, docs_dir: Path
 ) -> ValidationReport:
-    """Run the events suite; return the report, or raise ValidationFailed once the Data Docs are written."""
-    suite = events_suite(cfg, window_start, run_date)
-    return _validate(events, suite, key_columns=list(EVENT_TYPES), docs_dir=docs_dir)
+    """The events suite on `checked` (from `checked_events`), reported but not raised: the caller decides."""
+    return _run(checked, events_suite_for(checked, cfg, window_start, run_date), list(EVENT_TYPES), docs_dir)
+
+
+def validate_events(
+    events: DataFrame,
+    cfg: Config,
+    window_start: date,
+    run_date: date,
+    docs_dir: Path,
+    items: DataFrame | None = None,
+) -> ValidationReport:
+    """Run the events suite; return the report, or raise ValidationFailed once the Data Docs are written.
+
+    A `dt` column (the partition, see landing.read_events) adds the partition check, `items` the catalogue
+    check. jobs/quarantine.py runs the same suite and sets a small share of failing rows aside instead.
+    """
+    report = run_events_suite(checked_events(events, items), cfg, window_start, run_date, docs_dir)
+    if not report.success:
+        raise ValidationFailed(report)
+    return report
+
+
+def volume_suite(cfg: Config, baseline: float) -> gx.ExpectationSuite:
+    """The last day's event count within `volume_tolerance` of `baseline` (the median of the days before)."""
+    tolerance = cfg.reliability.volume_tolerance
+    if tolerance is None:
+        raise ValueError("volume_suite needs reliability.volume_tolerance")
+    return gx.ExpectationSuite(
+        name=VOLUME,
+        expectations=[
+            gxe.ExpectColumnValuesToBeBetween(
+                column="events",
+                min_value=baseline * max(0.0, 1.0 - tolerance),
+                max_value=baseline * (1.0 + tolerance),
+                notes=f"the last day against the median {baseline:g} of the {VOLUME_BASELINE_DAYS} days "
+                f"before it, tolerance {tolerance:g} ({cfg.reliability.volume_policy} when beyond)",
+            )
+        ],
+    )
+
+
+def check_volume(
+    daily: dict[date, int], cfg: Config, run_date: date, docs_dir: Path
+) -> ValidationReport | None:
+    """Check the last day's count (run_date - 1) against the days before; None when there is nothing to check.
+
+    `daily` maps a day to its event count; a day missing from it had none, so an empty last day fails
+    (a drop of 100%). Days before it without events are left out of the baseline: a quiet first week of a
+    new landing zone is not a baseline.
+    """
+    if cfg.reliability.volume_tolerance is None:
+        return None
+    last = date.fromordinal(run_date.toordinal() - 1)
+    before = [
+        daily[d]
+        for offset in range(1, VOLUME_BASELINE_DAYS + 1)
+        if daily.get(d := date.fromordinal(last.toordinal() - offset), 0) > 0
+    ]
+    if not before:
+        return None
+    frame = pd.DataFrame({"day": [last.isoformat()], "events": [daily.get(last, 0)]})
+    return _run(frame, volume_suite(cfg, float(np.median(before))), ["day"], docs_dir)
 
 
 def validate_examples(examples: DataFrame, cfg: Config, docs_dir: Path) -> ValidationReport:

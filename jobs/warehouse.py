@@ -41,6 +41,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jobs.reliability import fault_point
 from nightrec.config import check_identifier
 from nightrec.schema import probability_column
 
@@ -60,6 +61,7 @@ RUN_COLUMNS = (
     "finished_at",
     *JSON_FIELDS,
     "error",
+    "rejected_rows",
 )
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 MASK = "***"
@@ -84,6 +86,7 @@ class RunRecord:
     row_counts: dict[str, Any] = field(default_factory=dict)
     step_timings: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    rejected_rows: int = 0  # input rows quarantined to <run_dir>/rejected/ (jobs/quarantine.py)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -365,7 +368,9 @@ class WarehouseBase(ABC):
                 self._lock_date(run_date)
                 self._create_schema(task_columns)
                 inserted = self._replace_rows(run_date, source, rows.column_names)
+                fault_point("publish:after-insert")
                 self._upsert_run(published)
+                fault_point("publish:before-commit")
                 return inserted
 
             return self._in_transaction(write)
@@ -437,6 +442,8 @@ class WarehouseBase(ABC):
                 error VARCHAR
             )
             """,
+            # Added after the first release: ALTER, so a warehouse created before gets it too (NULL there).
+            f"ALTER TABLE {d.table('runs')} ADD COLUMN IF NOT EXISTS rejected_rows BIGINT",
             f"""
             CREATE TABLE IF NOT EXISTS {d.table("recommendations")} (
                 run_date DATE NOT NULL,
@@ -482,13 +489,16 @@ class Warehouse(WarehouseBase):
 
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = Path(path)
-        if read_only and not self.path.exists():
+        created = not self.path.exists()
+        if read_only and created:
             raise FileNotFoundError(f"no warehouse at {self.path}")
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.target = str(self.path)
         self.read_only = read_only
         self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(str(self.path), read_only=read_only)
+        if created:
+            self.path.chmod(0o600)  # it holds every user's recommendations: the owner (and SQL readers) only
         # Naive timestamps are taken as UTC and TIMESTAMPTZ values come back in UTC, whatever the host's zone.
         self._con.execute("SET TimeZone = 'UTC'")
 

@@ -43,6 +43,7 @@ from psycopg.postgres import types as pg_types
 from jobs.warehouse import (
     LEADING_COLUMNS,
     MASK,
+    RUN_COLUMNS,
     TRAILING_COLUMNS,
     Dialect,
     WarehouseBase,
@@ -198,7 +199,7 @@ class PostgresWarehouse(WarehouseBase):
             columns[table].add(column)
         recommendations = columns["recommendations"]
         return (
-            bool(columns["runs"])
+            columns["runs"] >= set(RUN_COLUMNS)
             and recommendations >= {*_TABLE_COLUMNS, *task_columns}
             and columns["latest_recommendations"] == recommendations
         )

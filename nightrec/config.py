@@ -264,6 +264,28 @@ class EvaluationConfig(Strict):
     k: int = Field(10, ge=1, description="Cut-off of the top-K metrics (Recall@K, NDCG@K, Hit@K).")
 
 
+class ReliabilityConfig(Strict):
+    """How much bad input a night tolerates before it fails (docs/reliability.md)."""
+
+    max_rejected_share: float = Field(
+        0.001,
+        ge=0.0,
+        le=1.0,
+        description="Largest share of the window's events that may fail a row-level check and be quarantined "
+        "to <run_dir>/rejected/ (with the reason per row); more fails the run naming the checks.",
+    )
+    volume_tolerance: float | None = Field(
+        None,
+        gt=0.0,
+        description="Allowed relative change of the last day's event count against the median of the 7 days "
+        "before it (0.5: between half and 1.5 times); unset: no volume check.",
+    )
+    volume_policy: Literal["fail", "warn"] = Field(
+        "fail",
+        description="What a day beyond volume_tolerance does: fail the run, or log a warning and go on.",
+    )
+
+
 class Config(Strict):
     data: DataConfig
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -275,6 +297,7 @@ class Config(Strict):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
 
     @model_validator(mode="after")
     def _tasks_consistent(self) -> Config:

@@ -6,11 +6,13 @@ import json
 import shutil
 import socket
 import threading
+from collections.abc import Callable
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -76,15 +78,31 @@ def night(tmp_path_factory, spark, prefect_backend):
     return root, config
 
 
-def corrupt_landing(landing: Path, copy: Path) -> Path:
-    """A copy of the landing zone whose 2026-10-31 partition holds one unknown event type, "clik"."""
+def edit_partition(landing: Path, copy: Path, day: str, edit: Callable[[pa.Table], pa.Table]) -> Path:
+    """A copy of the landing zone whose events/dt=`day` partition files (`*`: all) are replaced by `edit`."""
     shutil.copytree(landing, copy)
-    part = next((copy / "events").glob("dt=2026-10-31/*.parquet"))
-    table = pq.read_table(part)
-    types = table.column("event_type").to_pylist()
-    types[0] = "clik"
-    pq.write_table(table.set_column(table.schema.get_field_index("event_type"), "event_type", [types]), part)
+    for part in (copy / "events").glob(f"dt={day}/*.parquet"):
+        pq.write_table(edit(pq.read_table(part)), part)
     return copy
+
+
+def set_values(table: pa.Table, column: str, values: dict[int, object]) -> pa.Table:
+    """`table` with `column` set to `values[i]` on row i (the other rows as they were)."""
+    cells = table.column(column).to_pylist()
+    for i, value in values.items():
+        cells[i] = value
+    field = table.schema.field(column)
+    return table.set_column(table.schema.get_field_index(column), field, pa.array(cells, field.type))
+
+
+def corrupt_landing(landing: Path, copy: Path, rows: int | None = None) -> Path:
+    """A copy of the landing zone whose 2026-10-31 partition has the unknown event type "clik" on its first
+    `rows` rows; on all of them by default, far more than any share of bad rows a night quarantines."""
+
+    def misspell(table: pa.Table) -> pa.Table:
+        return set_values(table, "event_type", dict.fromkeys(range(rows or table.num_rows), "clik"))
+
+    return edit_partition(landing, copy, "2026-10-31", misspell)
 
 
 def latest(warehouse: Path):
@@ -143,11 +161,34 @@ def test_invalid_logs_fail_validation_and_keep_the_published_table(night, tmp_pa
             run_date=date(2026, 11, 2), config_path=str(config), landing=str(bad_landing), show_progress=False
         )
     assert "clik" in str(failure.value)
+    assert "fail row-level checks, above reliability.max_rejected_share = 0.100%" in str(failure.value)
+    assert not (root / "work/runs/2026-11-02/features/_NIGHTREC_COMPLETE").exists()
 
     after = latest(root / "warehouse.duckdb")
     assert after.equals(before)
     last = runs(root / "warehouse.duckdb").iloc[-1]
     assert last["status"] == "failed" and "expect_column_values_to_be_in_set" in last["error"]
+
+
+def test_a_bad_row_is_quarantined_and_the_night_publishes_the_rest(night, tmp_path):
+    """One unknown event type in ~5000 events: set aside with its reason, counted in runs, the night goes on."""
+    from flows.nightly import nightly
+
+    root, config = night
+    bad_landing = corrupt_landing(root / "landing", tmp_path / "landing", rows=1)
+    result = nightly(
+        run_date=date(2026, 11, 2), config_path=str(config), landing=str(bad_landing), show_progress=False
+    )
+
+    assert result["status"] == "published" and result["row_counts"]["rejected"] == 1
+    [rejected] = pq.read_table(root / "work/runs/2026-11-02/rejected").to_pylist()
+    assert rejected["event_type"] == "clik"
+    assert rejected["reason"] == "expect_column_values_to_be_in_set(event_type)"
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        assert con.sql(
+            "SELECT rejected_rows FROM runs WHERE run_id = ?", params=[result["run_id"]]
+        ).fetchall() == [(1,)]
+    assert str(latest(root / "warehouse.duckdb")["run_date"].iloc[0]).startswith("2026-11-02")
 
 
 class Webhook:

@@ -153,7 +153,11 @@ def test_volume_and_validation_match_the_landing_zone_and_the_suites(report, nig
     assert number(cell(found["volume"], "window-all")) == events.num_rows
 
     cfg = load_config(config)
-    expected = len(events_suite(cfg, RUN_DATE - timedelta(days=14), RUN_DATE).expectations)
+    # The flow checks the partition of each event and its item against the catalogue too (jobs/quarantine.py).
+    suite = events_suite(
+        cfg, RUN_DATE - timedelta(days=14), RUN_DATE, partition_check=True, catalogue_check=True
+    )
+    expected = len(suite.expectations)
     events_row = found["validation"][found["validation"].index('data-suite="events"') :]
     assert number(cell(events_row, "evaluated")) == expected
     assert number(cell(events_row, "unsuccessful")) == 0

@@ -80,7 +80,11 @@ def test_suites_are_built_from_config_without_a_context(cfg):
         for e in events.expectations
         if e.expectation_type == "expect_column_values_to_be_between" and e.column == "value"
     ]
-    assert [(e.min_value, e.max_value) for e in value_ranges] == [(0.0, 100000.0), (0.0, 10000.0)]
+    assert [(e.min_value, e.max_value) for e in value_ranges] == [
+        (0.0, 100000.0),
+        (0.0, 10000.0),
+        (-math.inf, math.inf),  # NaN and +-inf on every event type
+    ]
     examples = features_suite(cfg)
     columns = {getattr(e, "column", None) for e in examples.expectations}
     assert {"label_dwell", "u_cnt_1d", "u_cnt_7d", "i_pop_1d", "i_pop_7d", "i_age_days"} <= columns
@@ -464,3 +468,23 @@ def test_empty_or_malformed_recommendations(rec_cfg, tmp_path):
         validate_recommendations(
             recs_frame().drop(columns="rank"), seen_table(), CATALOGUE, rec_cfg, tmp_path
         )
+
+
+def test_a_multiclass_label_is_a_list_of_categories(spark, cfg, tmp_path):
+    genre = {"name": "genre", "type": "multiclass", "label": {"source": "item_categories"}}
+    with_genre = Config.model_validate({**cfg.model_dump(), "tasks": [*cfg.model_dump()["tasks"], genre]})
+    rows = [
+        ("u1", "i1", DAY, 1.0, 1.0, 12.5, 1, 3, 2, 5, 10, 0.5, ["i9"], ["drama"]),
+        ("u1", "i2", DAY, 1.0, 0.0, None, 1, 3, 0, 1, 20, 0.5, ["i9"], []),
+        ("u2", "i1", DAY, 0.0, 0.0, None, 0, 0, 2, 5, 10, 0.0, [], ["drama"]),
+        ("u2", "i2", DAY, 0.0, 0.0, -3.0, 0, 0, 0, 1, 20, 0.0, [], []),
+        ("u3", "i1", DAY, 0.0, 0.0, None, 0, 2, 2, 5, 10, 1.0, None, None),
+        ("u1", "i1", date(2026, 10, 4), 1.0, 0.0, 4.0, 2, 4, 3, 6, 11, 0.5, ["i1"], ["drama"]),
+    ]
+    as_list = spark.createDataFrame([(*r, r[-1]) for r in rows], EXAMPLES_DDL + ", label_genre array<string>")
+    assert validate_examples(as_list, with_genre, tmp_path / "ok").success
+
+    as_double = spark.createDataFrame([(*r, 1.0) for r in rows], EXAMPLES_DDL + ", label_genre double")
+    with pytest.raises(ValidationFailed) as failed_run:
+        validate_examples(as_double, with_genre, tmp_path / "bad")
+    assert failure(failed_run.value.report, "expect_column_values_to_be_of_type", "label_genre")
