@@ -15,7 +15,7 @@ from nightrec.config import Config
 FIRST = date(2026, 11, 1)
 # Judged on the validation loss: initial weights (p about 0.5 everywhere) are far worse than a trained model,
 # which at least learns the base rates; an AUC on this tiny synthetic slice would be too noisy to order them.
-GATE = "\n[evaluation]\nprimary_metric = \"val_loss\"\n"
+GATE = '\n[evaluation]\nprimary_metric = "val_loss"\n'
 UNTRAINED = {"epochs = 2": "epochs = 1\nlearning_rate = 1e-9"}
 TRAINED = {"epochs = 2": "epochs = 20\nlearning_rate = 0.02\npatience = 3"}
 
