@@ -120,11 +120,19 @@ def validate_features_step(cfg: Config, paths: RunPaths) -> None:
 def train_step(
     cfg: Config, run_date: date, config_path: str, workdir: str | None, show_progress: bool
 ) -> TrainedModel:
-    """On the `train` deployment's (GPU) workers when the config names one, else in this process."""
+    """On the `train` deployment's (GPU) workers when the config names one, else in this process.
+
+    Training starts from the champion's weights (`model.warm_start`): the champion is looked up here, where
+    the warehouse is known to be reachable, and handed to the trainer by version.
+    """
+    from model.champion import champion_before
+
+    with open_store(cfg, read_only=True) as wh:
+        champion = champion_before(wh, run_date) if cfg.model.warm_start else None
     deployment = cfg.orchestration.train_deployment
     if deployment:
-        return train_remotely(deployment, config_path, run_date, workdir, cfg)
-    return train_in_process(cfg, run_date, show_progress, flow_run_id=flow_run.get_id())
+        return train_remotely(deployment, config_path, run_date, workdir, cfg, champion)
+    return train_in_process(cfg, run_date, show_progress, flow_run_id=flow_run.get_id(), warm_from=champion)
 
 
 @task(name="champion-gate", cache_policy=NO_CACHE)

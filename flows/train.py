@@ -14,6 +14,7 @@ of an earlier run for the one it triggered.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import date
@@ -24,6 +25,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from nightrec.config import Config, load_config
+
+log = logging.getLogger(__name__)
 
 RESULT_FILE = "train_result.json"
 
@@ -54,14 +57,28 @@ class TrainedModel:
 
 
 def train_in_process(
-    cfg: Config, run_date: date, show_progress: bool, flow_run_id: str | None = None
+    cfg: Config,
+    run_date: date,
+    show_progress: bool,
+    flow_run_id: str | None = None,
+    warm_from: str | None = None,
 ) -> TrainedModel:
-    """Train on `<run dir>/features`, save under `<workdir>/models/`, write the JSON result."""
+    """Train on `<run dir>/features`, save under `<workdir>/models/`, write the JSON result.
+
+    `warm_from` is the champion's model version: training starts from its weights where the shapes and
+    vocabularies allow. A champion whose directory is gone (pruned, another workdir) is no reason to fail
+    the night: training then starts from scratch, said in the log.
+    """
     from model.train import train_model
 
     run_dir = cfg.run_dir(run_date)
+    models = Path(cfg.data.workdir) / "models"
+    warm_dir = None if warm_from is None else models / warm_from
+    if warm_dir is not None and not warm_dir.is_dir():
+        log.warning("champion %s has no model directory under %s: training from scratch", warm_from, models)
+        warm_dir = None
     result = train_model(
-        run_dir / "features", cfg, run_date, Path(cfg.data.workdir) / "models", show_progress=show_progress
+        run_dir / "features", cfg, run_date, models, show_progress=show_progress, warm_start_from=warm_dir
     )
     meta = json.loads((result.model_dir / "meta.json").read_text())
     trained = TrainedModel(
@@ -84,17 +101,24 @@ def train(
     run_date: date,
     workdir: str | None = None,
     show_progress: bool = False,
+    warm_from: str | None = None,
 ) -> dict[str, Any]:
-    """Train the model for `run_date` from the features already in its run directory."""
+    """Train the model for `run_date` from the features already in its run directory (and from the
+    champion's weights, `warm_from` naming its version)."""
     cfg = load_config(config_path, workdir=workdir)
     run_id = str(flow_run.get_id() or uuid.uuid4())
-    trained = train_in_process(cfg, run_date, show_progress, flow_run_id=run_id)
+    trained = train_in_process(cfg, run_date, show_progress, flow_run_id=run_id, warm_from=warm_from)
     get_run_logger().info("model %s trained on %s for %s", trained.version, trained.device, run_date)
     return asdict(trained)
 
 
 def train_remotely(
-    deployment: str, config_path: str, run_date: date, workdir: str | None, cfg: Config
+    deployment: str,
+    config_path: str,
+    run_date: date,
+    workdir: str | None,
+    cfg: Config,
+    warm_from: str | None = None,
 ) -> TrainedModel:
     """Run the `train` deployment, wait for it, and return the result it wrote to the run directory."""
     from prefect.deployments import run_deployment
@@ -106,6 +130,7 @@ def train_remotely(
             "run_date": run_date.isoformat(),
             "workdir": workdir,
             "show_progress": False,
+            "warm_from": warm_from,
         },
         timeout=None,
     )

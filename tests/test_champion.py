@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 
 import duckdb
@@ -16,7 +17,8 @@ FIRST = date(2026, 11, 1)
 # Judged on the validation loss: initial weights (p about 0.5 everywhere) are far worse than a trained model,
 # which at least learns the base rates; an AUC on this tiny synthetic slice would be too noisy to order them.
 GATE = '\n[evaluation]\nprimary_metric = "val_loss"\n'
-UNTRAINED = {"epochs = 2": "epochs = 1\nlearning_rate = 1e-9"}
+# The untrained candidate starts from scratch: warm-started from a trained champion it would equal it.
+UNTRAINED = {"epochs = 2": "epochs = 1\nlearning_rate = 1e-9\nwarm_start = false"}
 TRAINED = {"epochs = 2": "epochs = 20\nlearning_rate = 0.02\npatience = 3"}
 
 
@@ -82,6 +84,8 @@ def test_first_night_promotes_a_better_model_replaces_a_worse_one_is_kept_out(la
     assert gate["promoted"], gate["reason"]
     assert gate["candidate_value"] < gate["champion_value"] - 0.002  # the trained model is clearly better
     assert second["model_version"] == gate["candidate_version"]
+    meta = json.loads((root / "work" / "models" / second["model_version"] / "meta.json").read_text())
+    assert meta["warm_start"]["version"] == first["model_version"]  # trained on from the champion's weights
     assert published(root, FIRST + timedelta(days=1))[0] == {second["model_version"]}
 
     third_date = FIRST + timedelta(days=2)
