@@ -118,30 +118,40 @@ def validate_features_step(cfg: Config, paths: RunPaths) -> None:
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_step(
-    cfg: Config, run_date: date, config_path: str, workdir: str | None, show_progress: bool
+    cfg: Config,
+    run_date: date,
+    config_path: str,
+    workdir: str | None,
+    show_progress: bool,
+    champion: str | None,
 ) -> TrainedModel:
     """On the `train` deployment's (GPU) workers when the config names one, else in this process.
 
-    Training starts from the champion's weights (`model.warm_start`): the champion is looked up here, where
-    the warehouse is known to be reachable, and handed to the trainer by version.
+    Training starts from the champion's weights when `model.warm_start` is on (the trainer gets its version).
     """
+    warm_from = champion if cfg.model.warm_start else None
+    deployment = cfg.orchestration.train_deployment
+    if deployment:
+        return train_remotely(deployment, config_path, run_date, workdir, cfg, warm_from)
+    return train_in_process(cfg, run_date, show_progress, flow_run_id=flow_run.get_id(), warm_from=warm_from)
+
+
+def find_champion(cfg: Config, run_date: date) -> str | None:
+    """The model of the newest published date before this one: looked up once per night, so that warm
+    start and the gate always name the same champion."""
     from model.champion import champion_before
 
     with open_store(cfg, read_only=True) as wh:
-        champion = champion_before(wh, run_date) if cfg.model.warm_start else None
-    deployment = cfg.orchestration.train_deployment
-    if deployment:
-        return train_remotely(deployment, config_path, run_date, workdir, cfg, champion)
-    return train_in_process(cfg, run_date, show_progress, flow_run_id=flow_run.get_id(), warm_from=champion)
+        return champion_before(wh, run_date)
 
 
 @task(name="champion-gate", cache_policy=NO_CACHE)
-def champion_gate_step(cfg: Config, run_date: date, trained: TrainedModel, paths: RunPaths):
-    """The new model against the champion (the model of the newest published date before this one)."""
-    from model.champion import champion_before, judge
+def champion_gate_step(
+    cfg: Config, run_date: date, trained: TrainedModel, paths: RunPaths, champion: str | None
+):
+    """The new model against the champion on the same validation slice."""
+    from model.champion import judge
 
-    with open_store(cfg, read_only=True) as wh:
-        champion = champion_before(wh, run_date)
     return judge(
         cfg, run_date, paths.features, Path(trained.model_dir), trained.version, champion, paths.models
     )
@@ -363,12 +373,19 @@ def nightly(
             )
         )
         _timed(outcome, "validate_features", lambda: validate_features_step(cfg, paths))
+        champion = find_champion(cfg, run_date)
         trained = _timed(
-            outcome, "train", lambda: train_step(cfg, run_date, config_path, workdir, show_progress)
+            outcome,
+            "train",
+            lambda: train_step(cfg, run_date, config_path, workdir, show_progress, champion),
         )
-        verdict = _timed(outcome, "champion_gate", lambda: champion_gate_step(cfg, run_date, trained, paths))
+        verdict = _timed(
+            outcome, "champion_gate", lambda: champion_gate_step(cfg, run_date, trained, paths, champion)
+        )
         outcome.model_version = verdict.published_version
-        outcome.metrics = {**trained.metrics, "champion_gate": verdict.to_dict()}
+        # The runs row describes the model that published: the candidate's figures stay in the verdict.
+        published = trained.metrics if verdict.promoted else verdict.champion_metrics
+        outcome.metrics = {**published, "champion_gate": verdict.to_dict()}
         model_dir = Path(trained.model_dir) if verdict.promoted else paths.models / verdict.published_version
         recs = _timed(outcome, "score", lambda: score_step(cfg, model_dir, paths, show_progress))
         outcome.row_counts["recommendations"] = len(recs)

@@ -14,6 +14,7 @@ new model's training loop reported is never compared with one computed another w
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -63,10 +64,19 @@ def primary_metric(cfg: Config) -> str:
     """`val_loss` or `<task>.<metric>`; `auto` is the first binary task's AUC (val_loss when none is binary)."""
     name = cfg.evaluation.primary_metric
     if name != "auto":
-        task = name.partition(".")[0]
-        if name != "val_loss" and task not in cfg.task_names():
+        task, _, figure = name.partition(".")
+        if name == "val_loss":
+            return name
+        types = {t.name: t.type for t in cfg.tasks}
+        if task not in types:
             raise ValueError(
                 f"evaluation.primary_metric {name!r}: {task!r} is not a task; tasks: {cfg.task_names()}"
+            )
+        # A figure the task does not have would be undefined for both models and promote every candidate.
+        needed = "regression" if figure == "rmse" else "binary"
+        if types[task] != needed:
+            raise ValueError(
+                f"evaluation.primary_metric {name!r}: {figure} needs a {needed} task, {task!r} is {types[task]}"
             )
         return name
     binary = [t.name for t in cfg.tasks if t.type == "binary"]
@@ -195,7 +205,7 @@ def judge(
         )
     try:
         champion = validation_metrics(model_root / champion_version, features_dir, cfg, run_date)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, IndexError, pickle.UnpicklingError) as exc:
         return Verdict(True, f"the champion {champion_version} cannot be scored here: {exc}", **base)
     old = metric_value(champion, metric)
     base.update(champion_metrics=champion, champion_value=old)

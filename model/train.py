@@ -270,7 +270,7 @@ def _resume_state(
         "fingerprint": fingerprint,
         "progress": asdict(progress),
         "model": model.state_dict(),
-        "balancer": [p.detach().clone() for p in balancer.parameters()],
+        "balancer": balancer.state_dict(),
         "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
@@ -287,9 +287,7 @@ def _restore(
     device: torch.device,
 ) -> _Progress:
     model.load_state_dict(state["model"])
-    with torch.no_grad():  # learned task weights (uncertainty, GradNorm) live outside the module
-        for param, saved in zip(balancer.parameters(), state["balancer"], strict=True):
-            param.copy_(saved)
+    balancer.load_state_dict(state["balancer"])  # learned task weights live outside the module
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
@@ -336,12 +334,12 @@ def train_model(
     if warm_start_from is not None and not mc.warm_start:
         log.info("model.warm_start is off: not starting from %s", warm_start_from)
         warm_start_from = None
-    if shard.world > 1 and mc.loss_weighting in ("gradnorm", "pcgrad"):
-        # Both rewrite gradients after their own backward passes, outside DistributedDataParallel's
-        # all-reduce: the ranks would drift apart.
+    if shard.world > 1 and mc.loss_weighting != "fixed":
+        # Their learned weights and rewritten gradients live outside DistributedDataParallel's all-reduce:
+        # each rank would learn its own task weights and the ranks would drift apart.
         raise ValueError(
             f"model.loss_weighting = {mc.loss_weighting!r} is not supported with several processes; "
-            "use fixed or uncertainty with torchrun"
+            "use fixed weights with torchrun"
         )
     warm_from = None if warm_start_from is None else Path(warm_start_from)
     version = model_version(cfg, run_date, data, None if warm_from is None else warm_from.name)

@@ -13,12 +13,15 @@
   normal plane of every other task's gradient it conflicts with (negative dot product), the others taken
   in a seeded random order; the projected gradients are summed. Tower parameters get their plain gradient.
 
-A balancer's `backward(per_task)` does the backward pass (gradients land in `.grad`, the optimizer steps
+A balancer's `state_dict()` is what a resumed run needs to continue exactly (learned weights, GradNorm's first
+losses, PCGrad's random order). Its `backward(per_task)` does the backward pass (gradients land in `.grad`, the optimizer steps
 afterwards), `parameters()` are its own learnable parameters for the optimizer (with no weight decay: a
 decayed log-variance would be pulled towards weight 1), `weights()` the current task weights for the log.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,6 +40,12 @@ class FixedWeights:
     def weights(self) -> list[float]:
         return self.task_weights.tolist()
 
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
     def backward(self, per_task: torch.Tensor) -> torch.Tensor:
         total = (per_task * self.task_weights).sum()
         total.backward()
@@ -54,6 +63,13 @@ class UncertaintyWeights:
 
     def weights(self) -> list[float]:
         return (self.factor * torch.exp(-self.log_var.detach())).tolist()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"log_var": self.log_var.detach().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.log_var.copy_(state["log_var"])
 
     def backward(self, per_task: torch.Tensor) -> torch.Tensor:
         total = (self.factor * (torch.exp(-self.log_var) * per_task + self.log_var)).sum()
@@ -85,6 +101,15 @@ class GradNorm:
 
     def weights(self) -> list[float]:
         return self._normalised().tolist()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The weights and the first step's losses: the rates of later steps are measured against them."""
+        return {"w": self.w.detach().clone(), "initial": self.initial}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.w.copy_(state["w"])
+        self.initial = state["initial"]
 
     def backward(self, per_task: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -136,6 +161,12 @@ class PCGrad:
 
     def weights(self) -> list[float]:
         return self.model.task_weights.tolist()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
 
     def backward(self, per_task: torch.Tensor) -> torch.Tensor:
         shared = [p for p in self.model.shared_parameters() if p.requires_grad]

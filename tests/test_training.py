@@ -190,6 +190,28 @@ def test_an_interrupted_run_resumes_after_its_last_epoch(
     assert sorted(p.name for p in root.iterdir()) == [resumed.version]  # the resume file is gone
 
 
+@pytest.mark.parametrize("weighting", ["uncertainty", "gradnorm", "pcgrad"])
+def test_a_resumed_run_keeps_the_loss_weighting_state(
+    weighting: str, features_dir: Path, workdir: Path
+) -> None:
+    """Learned task weights, GradNorm's first losses and PCGrad's random order all travel in the resume file."""
+    base = workdir / f"weighting-{weighting}"
+    cfg = make_config(base, epochs=3, patience=10, dropout=0.2, loss_weighting=weighting)
+    whole = train_model(features_dir, cfg, RUN_DATE, base / "whole", show_progress=False)
+
+    def stop_after_epoch_1(entry: dict) -> None:
+        if entry["epoch"] == 1:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train_model(
+            features_dir, cfg, RUN_DATE, base / "cut", show_progress=False, on_epoch=stop_after_epoch_1
+        )
+    resumed = train_model(features_dir, cfg, RUN_DATE, base / "cut", show_progress=False)
+    assert resumed.history == whole.history  # task weights included, epoch by epoch
+    _assert_same_weights(resumed.model_dir, whole.model_dir)
+
+
 def test_a_resume_file_for_other_data_is_not_used(
     uninterrupted, features_dir: Path, workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
