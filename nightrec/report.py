@@ -205,7 +205,8 @@ class Sources:
         if self.items is None:
             return {}
         found = self.items[self.items[S.ITEM_ID].isin(item_ids)]
-        return dict(zip(found[S.ITEM_ID], found[S.TITLE].fillna(""), strict=True))
+        titles = [b"" if t is None else t for t in found[S.TITLE]]
+        return {i: t.decode("utf-8", "replace") for i, t in zip(found[S.ITEM_ID], titles, strict=True)}
 
 
 # -- entry point ------------------------------------------------------------------------------------------
@@ -349,6 +350,10 @@ def _landing_items(landing: str) -> pd.DataFrame | None:
         )
     except FileNotFoundError:
         return None
+    # Titles stay bytes until shown: a landing zone may hold titles that are not valid UTF-8 (the feature
+    # job repairs them; the report reads the landing zone itself and must not fail on them).
+    title = table.column_names.index(S.TITLE)
+    table = table.set_column(title, S.TITLE, pc.cast(table.column(S.TITLE), pa.binary()))
     items = table.to_pandas()
     items["created_at"] = pd.to_datetime(items["created_at"], utc=True)
     return items

@@ -151,3 +151,4 @@ def test_a_night_with_latin1_and_1mb_titles_publishes(tmp_path, spark, prefect_b
     assert rows[ids[0]]["title"] == REPAIRED
     assert rows[ids[1]]["title"] == LONG
     assert rows[ids[2]]["text"] == "caf\ufffd au lait"
+    assert (tmp_path / "work/runs/2026-11-01/report.html").is_file()  # the report reads raw titles too
