@@ -262,6 +262,20 @@ def value_tasks(cfg: Config) -> dict[str, TaskConfig]:
     }
 
 
+def given_parent(frame: pd.DataFrame, task: TaskConfig) -> np.ndarray:
+    """The score a value task is judged by on test events: p(task | parent) for an ESMM child.
+
+    Every judged test event is an event of the parent's kind (the rating happened), so the question is
+    whether the user liked what they rated: the conditional, not the joint p(rated and liked), which mostly
+    ranks how likely a rating is at all. A model without the parent (a single-task model) gives its own p.
+    """
+    p = frame[probability_column(task.name)].to_numpy(dtype=np.float64)
+    parent = None if task.parent is None else probability_column(task.parent)
+    if parent is None or parent not in frame:
+        return p
+    return p / np.clip(frame[parent].to_numpy(dtype=np.float64), 1e-12, None)
+
+
 def judged_event_types(cfg: Config) -> list[str]:
     """The top-level tasks' events: the engagement a ranking is judged on (every such event counts)."""
     return sorted({e for t in cfg.tasks if t.parent is None for e in t.label.event_types})
@@ -279,8 +293,8 @@ def evaluate_night(
     """The rankers (the published night, ...) and the peers, judged on the same users over the days after D.
 
     Top-K metrics, catalogue coverage and new-item share over the judged users' top K; for each value task,
-    the AUC of the ranker's p(task) (the bias peer's predicted value) over the judged users' test events of
-    the task's types. EASE's lambda is chosen on the 14 days before the run date, never on the judged window.
+    the AUC of the ranker's p(task), conditional on its ESMM parent (the bias peer's predicted value), over
+    the judged users' test events of the task's types. EASE's lambda is chosen on the 14 days before the run date, never on the judged window.
     """
     k = k or cfg.evaluation.k
     horizon_days = horizon_days or cfg.evaluation.test_days
@@ -325,7 +339,7 @@ def evaluate_night(
         for name, ranker in rankers.items():
             frame = ranker.score_pairs(events[["user_id", "item_id"]]) if ranker.score_pairs else None
             if frame is not None and probability_column(task_name) in frame:  # a single-task model has one
-                scored[name] = frame[probability_column(task_name)].to_numpy()
+                scored[name] = given_parent(frame, task)
         if peers:
             task_history = all_history.loc[all_history["event_type"].isin(task.label.event_types)]
             scored["bias"] = bias_peer(task_history, events)

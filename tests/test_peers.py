@@ -14,6 +14,7 @@ from model.evaluation import judged_pairs, read_events, topk_metrics
 from model.peers import (
     COLUMNS,
     EASE_LAMBDAS,
+    given_parent,
     choose_ease_lambda,
     ease_peer,
     ease_sweep,
@@ -240,3 +241,17 @@ def test_evaluate_night_judges_a_ranker_and_the_peers_on_the_same_users(tmp_path
     for name in ("model", "pop", "itemknn", "ease"):
         assert 0.0 < night.metrics[name]["coverage"] <= 1.0
         assert 0.0 <= night.metrics[name]["new_item_share"] <= 1.0
+
+
+def test_an_esmm_child_is_judged_on_rated_items_by_its_conditional_probability():
+    from nightrec.config import TaskConfig
+
+    like = TaskConfig.model_validate(
+        {"name": "like", "label": {"event_types": ["rating"], "min_value": 4.0}, "parent": "engage"}
+    )
+    # Two rated items: the first is rarely rated but loved when it is (joint 0.09 of 0.1), the second often
+    # rated and liked half the time (joint 0.4 of 0.8). Among rated items the first is the likelier like.
+    frame = pd.DataFrame({"p_engage": [0.1, 0.8], "p_like": [0.09, 0.4]})
+    assert given_parent(frame, like) == pytest.approx([0.9, 0.5])
+    single = frame.drop(columns="p_engage")  # a single-task model has no parent: its own probability
+    assert given_parent(single, like) == pytest.approx([0.09, 0.4])
