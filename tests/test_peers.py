@@ -14,11 +14,11 @@ from model.evaluation import judged_pairs, read_events, topk_metrics
 from model.peers import (
     COLUMNS,
     EASE_LAMBDAS,
-    given_parent,
     choose_ease_lambda,
     ease_peer,
     ease_sweep,
     ease_weights,
+    given_parent,
     itemknn_peer,
     pop_peer,
 )
