@@ -46,3 +46,15 @@ def prefect_backend():
         prefect_test_harness(server_startup_timeout=90),
     ):
         yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny batches gain nothing from a second thread, and on a busy 2-core machine two spinning OpenMP
+    threads make each step about 10x slower (model tests use it through `pytestmark`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

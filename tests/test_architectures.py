@@ -43,12 +43,7 @@ from nightrec.config import Config, ModelConfig
 TEXT_WIDTH = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def add_category_labels(features: Path) -> Path:

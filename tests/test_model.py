@@ -178,14 +178,7 @@ def make_config(root: Path, *, extra_tasks: tuple[dict, ...] = (), **model: obje
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny batches gain nothing from a second thread, and on a busy 2-core machine two spinning OpenMP
-    threads make each step about 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
