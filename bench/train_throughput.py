@@ -57,6 +57,9 @@ def main() -> None:
             "epochs": args.epochs,
             "patience": args.epochs,
             "device": "cpu",
+            # Mean history pooling and no item text: the inputs torch-rechub's models take.
+            "history_pooling": "mean",
+            "text_encoder": "none",
         }
     )
     base = base.model_copy(update={"model": model})
