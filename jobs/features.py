@@ -41,7 +41,7 @@ def _matches(rule: LabelRule) -> Column:
 
 def _label(task: TaskConfig) -> Column:
     match = _matches(task.label)
-    if task.type == "binary":
+    if task.has_binary_label:
         return F.max(F.when(match, 1.0).otherwise(0.0)).alias(S.label_column(task.name))
     return F.max(F.when(match, F.col("value"))).cast("double").alias(S.label_column(task.name))
 
@@ -118,7 +118,7 @@ def sample_negatives(
         .drop("_first_day")
     )
     labels = [
-        F.lit(0.0 if t.type == "binary" else None).cast("double").alias(S.label_column(t.name))
+        F.lit(0.0 if t.has_binary_label else None).cast("double").alias(S.label_column(t.name))
         for t in event_tasks(tasks)
     ]
     return negatives.select(S.USER_ID, S.ITEM_ID, S.DAY, *labels)

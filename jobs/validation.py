@@ -267,7 +267,7 @@ def features_suite(cfg: Config, numeric_features: list[str] | None = None) -> gx
             gxe.ExpectColumnToExist(column=label),
             gxe.ExpectColumnValuesToBeOfType(column=label, type_=label_type),
         ]
-        if task.type != "binary":
+        if not task.has_binary_label:
             continue  # a regression label is null where the example had no such event, any value otherwise
         expectations += [
             gxe.ExpectColumnValuesToNotBeNull(column=label),

@@ -11,6 +11,12 @@ MMoE is one PLE-style level with no task experts and no shared gate, so both run
 All experts of a level are one batched computation (weights [E, in, out] applied with einsum), never a Python
 loop over experts; gates are one batched computation too. Every architecture exposes the mean gate weight per
 task over the experts of its last level ([T, E], for logging); shared bottom has none.
+
+A retrieval task (at most one) does not go through the shared part: it is a two-tower score, a user tower
+over the user part (with the history mean-pooled, whatever `history_pooling` says, so that the user vector
+does not depend on the candidate) and an item tower over the item part, trained jointly with the other
+tasks on the same embeddings. Its score is cosine(user, item) / temperature, so a whole catalogue is scored
+with one matrix product per block of users: the first stage of two-stage scoring (model/score.py).
 """
 
 from __future__ import annotations
@@ -19,19 +25,23 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.data import ItemTensors, UserTensors
-from model.inputs import InputEncoder
-from model.losses import multiclass_tasks, task_losses
+from model.inputs import InputEncoder, ItemPart, UserPart
+from model.losses import in_batch_softmax, multiclass_tasks, task_losses
 from model.spec import ModelSpec
 
 
 class ModelOutput(NamedTuple):
     logits: torch.Tensor  # [N, T] float32: tower outputs (regression: the value; multiclass: the top class's)
-    predictions: torch.Tensor  # [N, T]: probability, ESMM joint, regression value, multiclass top-class prob
+    predictions: torch.Tensor  # [N, T]: probability, ESMM joint, regression value, multiclass top-class prob,
+    # retrieval score
     gate_mean: torch.Tensor | None  # [T, E] mean gate weight per expert per task (detached); None: no gates
     class_logits: torch.Tensor  # [N, M, C] logits of the M multiclass tasks over the category vocabulary
+    user_vectors: torch.Tensor | None = None  # [N, D] normalised retrieval user vectors; None: no retrieval
+    item_vectors: torch.Tensor | None = None  # [N, D] normalised retrieval item vectors
 
 
 class BatchedLinear(nn.Module):
@@ -98,7 +108,7 @@ class ExtractionLevel(nn.Module):
         return out, gates
 
 
-def _tower(in_dim: int, hidden: tuple[int, ...], dropout: float, out_dim: int) -> nn.Sequential:
+def _mlp(in_dim: int, hidden: tuple[int, ...], dropout: float, out_dim: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for width in hidden:
         layers += [nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(dropout)]
@@ -119,8 +129,11 @@ class MultiTaskModel(InputEncoder):
         super().__init__(spec)
         self.spec = spec
         self.multiclass = multiclass_tasks(spec.tasks)
+        # The retrieval task's place in `towers` holds an empty module: its score comes from its own towers.
         self.towers = nn.ModuleList(
-            _tower(
+            nn.Identity()
+            if t.type == "retrieval"
+            else _mlp(
                 spec.expert_hidden[-1],
                 spec.tower_hidden,
                 spec.dropout,
@@ -128,6 +141,15 @@ class MultiTaskModel(InputEncoder):
             )
             for t in spec.tasks
         )
+        retrieval = [j for j, t in enumerate(spec.tasks) if t.type == "retrieval"]
+        self.retrieval_task = retrieval[0] if retrieval else None
+        if self.retrieval_task is not None:
+            *hidden, width = spec.retrieval_hidden
+            self.user_tower = _mlp(self.user_dim, tuple(hidden), spec.dropout, width)
+            self.item_tower = _mlp(self.item_dim, tuple(hidden), spec.dropout, width)
+        # log of each item's share of the training positives: the logQ correction of the in-batch softmax.
+        # Set by the trainer (`set_sampling_distribution`), not saved: scoring does not use it.
+        self.register_buffer("item_log_q", torch.zeros(spec.n_items), persistent=False)
         self.register_buffer(
             "task_weights",
             torch.tensor([t.weight for t in spec.tasks], dtype=torch.float32),
@@ -147,10 +169,39 @@ class MultiTaskModel(InputEncoder):
         """Everything but the task towers: the parameters whose task gradients can conflict (PCGrad)."""
         return [p for name, p in self.named_parameters() if not name.startswith("towers.")]
 
-    def head(self, x: torch.Tensor) -> ModelOutput:
-        """The shared part, towers and task heads on encoded pairs [N, out_dim]."""
+    def set_sampling_distribution(self, positives_per_item: torch.Tensor) -> None:
+        """The logQ correction from the count of training positives of each item index [n_items]."""
+        counts = positives_per_item.to(self.item_log_q.device).float() + 1.0  # unseen items: one pseudo-count
+        self.item_log_q.copy_(torch.log(counts / counts.sum()))
+
+    def user_vectors(self, user: UserPart) -> torch.Tensor:
+        """[B, D] normalised retrieval vectors of the users (history mean-pooled)."""
+        static = user.static
+        if user.history is not None:
+            mask = user.history_mask.unsqueeze(-1).to(user.history.dtype)
+            pooled = (user.history * mask).sum(1) / mask.sum(1).clamp(min=1)
+            d = self.user_embedding.embedding_dim
+            static = torch.cat([static[:, :d], pooled, static[:, d:]], dim=1)
+        return F.normalize(self.user_tower(static).float(), dim=-1)
+
+    def item_vectors(self, item: ItemPart) -> torch.Tensor:
+        """[I, D] normalised retrieval vectors of the items."""
+        return F.normalize(self.item_tower(item.vector).float(), dim=-1)
+
+    def retrieval_scores(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+        """[B, I] retrieval score of every user against every item."""
+        return user_vectors @ item_vectors.T / self.spec.retrieval_temperature
+
+    def head(self, x: torch.Tensor, retrieval_score: torch.Tensor | None = None) -> ModelOutput:
+        """The shared part, towers and task heads on encoded pairs [N, out_dim]; `retrieval_score` [N] is the
+        retrieval task's score of the same pairs (required when the model has one)."""
+        if self.retrieval_task is not None and retrieval_score is None:
+            raise ValueError("this model has a retrieval task: head() needs the pairs' retrieval scores")
         task_in, gate_mean = self.shared(x)
-        outs = [tower(task_in[:, t]).float() for t, tower in enumerate(self.towers)]
+        outs = [
+            retrieval_score[:, None].float() if t == self.retrieval_task else tower(task_in[:, t]).float()
+            for t, tower in enumerate(self.towers)
+        ]
         class_logits = (
             torch.stack([outs[t] for t in self.multiclass], dim=1)
             if self.multiclass
@@ -164,7 +215,7 @@ class MultiTaskModel(InputEncoder):
                 preds.append(torch.softmax(outs[t], dim=1).max(dim=1).values)
                 continue
             logits.append(outs[t][:, 0])
-            if task.type == "regression":
+            if task.type in ("regression", "retrieval"):
                 preds.append(outs[t][:, 0])
             elif task.parent is None:
                 preds.append(torch.sigmoid(outs[t][:, 0]))
@@ -173,7 +224,13 @@ class MultiTaskModel(InputEncoder):
         return ModelOutput(torch.stack(logits, dim=1), torch.stack(preds, dim=1), gate_mean, class_logits)
 
     def forward(self, users: UserTensors, items: ItemTensors) -> ModelOutput:
-        return self.head(self.pair_features(self.user_part(users), self.item_part(items)))
+        user, item = self.user_part(users), self.item_part(items)
+        x = self.pair_features(user, item)
+        if self.retrieval_task is None:
+            return self.head(x)
+        u, v = self.user_vectors(user), self.item_vectors(item)
+        out = self.head(x, (u * v).sum(dim=1) / self.spec.retrieval_temperature)
+        return out._replace(user_vectors=u, item_vectors=v)
 
     def loss(
         self,
@@ -181,11 +238,26 @@ class MultiTaskModel(InputEncoder):
         labels: torch.Tensor,
         mask: torch.Tensor,
         class_targets: torch.Tensor | None = None,
+        items: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(total with the configured task weights, per-task losses [T]); class_targets [N, M, C] is required
-        when there are multiclass tasks."""
+        when there are multiclass tasks, items [N] (the examples' item indices) with a retrieval task."""
+        retrieval = None
+        if self.retrieval_task is not None:
+            if items is None or out.user_vectors is None or out.item_vectors is None:
+                raise ValueError("a retrieval task's loss needs the item indices and the output's vectors")
+
+            def retrieval(rows: torch.Tensor) -> torch.Tensor:
+                return in_batch_softmax(
+                    out.user_vectors[rows],
+                    out.item_vectors[rows],
+                    items[rows],
+                    self.item_log_q,
+                    self.spec.retrieval_temperature,
+                )
+
         losses = task_losses(
-            self.spec.tasks, out.logits, out.predictions, out.class_logits, labels, mask, class_targets
+            self.spec.tasks, out.logits, out.predictions, out.class_logits, labels, mask, class_targets, retrieval
         )
         return (losses * self.task_weights).sum(), losses
 

@@ -73,10 +73,11 @@ def primary_metric(cfg: Config) -> str:
                 f"evaluation.primary_metric {name!r}: {task!r} is not a task; tasks: {cfg.task_names()}"
             )
         # A figure the task does not have would be undefined for both models and promote every candidate.
-        needed = "regression" if figure == "rmse" else "binary"
-        if types[task] != needed:
+        needed = {"rmse": ("regression",), "auc": ("binary", "retrieval")}.get(figure, ("binary",))
+        if types[task] not in needed:
             raise ValueError(
-                f"evaluation.primary_metric {name!r}: {figure} needs a {needed} task, {task!r} is {types[task]}"
+                f"evaluation.primary_metric {name!r}: {figure} needs a {' or '.join(needed)} task, "
+                f"{task!r} is {types[task]}"
             )
         return name
     binary = [t.name for t in cfg.tasks if t.type == "binary"]
@@ -132,7 +133,8 @@ def validation_metrics(model_dir: Path, features_dir: Path, cfg: Config, run_dat
     loss = 0.0
     for j, task in enumerate(cfg.tasks):
         m = mask[:, j]
-        if not m.any():
+        if not m.any() or task.type == "retrieval":
+            # A retrieval loss depends on which positives share a batch: no per-example loss to compare.
             continue
         if task.type == "binary":
             task_loss = log_loss(y[m, j], p[m, j])

@@ -121,10 +121,18 @@ class InputEncoder(nn.Module):
 
     def grid_features(self, user: UserPart, item: ItemPart) -> torch.Tensor:
         """[B * I, out_dim] for every user of a block against every item, user-major."""
-        b, n = user.static.shape[0], item.vector.shape[0]
-        parts = [user.static[:, None, :].expand(b, n, -1), item.vector[None, :, :].expand(b, n, -1)]
+        return self._combine(user, item.vector[None], item.target[None])
+
+    def candidate_features(self, user: UserPart, item: ItemPart, candidates: torch.Tensor) -> torch.Tensor:
+        """[B * N, out_dim] for each user of a block against its own N candidates (item rows [B, N])."""
+        return self._combine(user, item.vector[candidates], item.target[candidates])
+
+    def _combine(self, user: UserPart, vectors: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """User parts [B] against item vectors and DIN targets [B or 1, N, ...]: [B * N, out_dim]."""
+        b, n = user.static.shape[0], vectors.shape[1]
+        parts = [user.static[:, None, :].expand(b, n, -1), vectors.expand(b, n, -1)]
         if self.attention is not None:
-            pooled = self.attention(user.history, user.history_mask, item.target[None, :, :])
+            pooled = self.attention(user.history, user.history_mask, targets)
             d = self.user_embedding.embedding_dim
             parts = [parts[0][..., :d], pooled, parts[0][..., d:], parts[1]]
         return torch.cat(parts, dim=2).reshape(b * n, -1)

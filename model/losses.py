@@ -7,12 +7,16 @@
   child's prediction never exceeds its parent's;
 - regression: squared error, or Huber (delta 1) when heavy tails would let a few values dominate;
 - multiclass: cross-entropy against a target distribution over the category vocabulary (the normalised
-  category counts of the label), i.e. F.cross_entropy with probability targets.
+  category counts of the label), i.e. F.cross_entropy with probability targets;
+- retrieval: in-batch sampled softmax (Yi et al., RecSys 2019): each positive (user, item) of the batch
+  against the other positives' items as negatives. Popular items turn up as negatives more often than
+  a full softmax would weigh them, so each negative's logit is corrected by minus the log of its sampling
+  probability (logQ correction); an item that is also the row's own positive is not its negative.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +39,22 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
 
 
+def in_batch_softmax(
+    user_vectors: torch.Tensor,
+    item_vectors: torch.Tensor,
+    items: torch.Tensor,
+    log_q: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """[P] loss of each positive pair: user_vectors, item_vectors [P, D] (normalised), items [P] their item
+    indices, log_q [n_items] the log sampling probability of each item as a positive."""
+    logits = (user_vectors.float() @ item_vectors.float().T) / temperature - log_q[items][None, :]
+    same = items[:, None] == items[None, :]
+    same.fill_diagonal_(False)
+    logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(items), device=logits.device), reduction="none")
+
+
 def task_losses(
     tasks: Sequence[TaskSpec],
     logits: torch.Tensor,
@@ -43,8 +63,12 @@ def task_losses(
     labels: torch.Tensor,
     mask: torch.Tensor,
     class_targets: torch.Tensor | None,
+    retrieval: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """[T] losses; logits/predictions/labels/mask are [N, T], class_logits and class_targets [N, M, C]."""
+    """[T] losses; logits/predictions/labels/mask are [N, T], class_logits and class_targets [N, M, C].
+
+    `retrieval`: for a retrieval task, the [P] in-batch softmax losses of the rows selected by a bool mask [N]
+    (the model holds the user and item vectors it needs)."""
     multiclass = multiclass_tasks(tasks)
     if multiclass and class_targets is None:
         raise ValueError(
@@ -53,6 +77,12 @@ def task_losses(
     per_task = []
     for t, task in enumerate(tasks):
         y, m = labels[:, t], mask[:, t].float()
+        if task.type == "retrieval":
+            if retrieval is None:
+                raise ValueError(f"task {task.name!r} is a retrieval task: the loss needs its vectors")
+            positive = (m > 0) & (y > 0.5)
+            per_task.append(retrieval(positive).sum() / positive.sum().clamp(min=1))
+            continue
         if task.type == "multiclass":
             j = multiclass.index(t)
             loss = soft_cross_entropy(class_logits[:, j], class_targets[:, j])

@@ -74,7 +74,8 @@ def task_metrics(
     `preds`, `labels`, `mask` are [N, T] with the columns in the order of `task_types`. For an ESMM
     child the prediction is the joint probability, scored against the child's label over all examples:
     the same quantity the model is trained on and the one the blend uses. Multiclass tasks are scored on
-    `class_probs` and `class_targets` [N, M, C] (M: the multiclass tasks, in task order).
+    `class_probs` and `class_targets` [N, M, C] (M: the multiclass tasks, in task order). A retrieval task
+    gets the AUC of its score: positives against the sampled negatives.
     """
     out: dict[str, dict[str, float | int | None]] = {}
     multiclass = [name for name, kind in task_types.items() if kind == "multiclass"]
@@ -101,6 +102,8 @@ def task_metrics(
                 "calibration": calibration(y, p),
                 "positive_rate": float(np.mean(y)),
             }
+        elif kind == "retrieval":  # a score, not a probability: only its ranking means something
+            out[name] = {"n": int(y.size), "auc": roc_auc(y, p), "positive_rate": float(np.mean(y))}
         else:
             out[name] = {"n": int(y.size), "rmse": rmse(y, p)}
     return out

@@ -7,17 +7,26 @@ the user's history embeddings are looked up once per block and only the attentio
 over the grid. Peak memory is about block x items x max(experts x expert_hidden[0], history_length x 32)
 x 4 bytes: lower `user_batch_size` for large catalogues.
 
+With a retrieval task and a large catalogue (users x items >= `scoring.two_stage_min_pairs`) scoring has two
+stages: the retrieval score (one matrix product per block) picks `scoring.retrieval_candidates` unseen items
+per user, and the full model scores and blends only those, so the per-pair network runs on N instead of all
+items per user. Below the threshold every item is scored by the full model and the retrieval score is one
+more column the blend may use.
+
 Multiclass tasks (category distributions) rank nothing: they get no p_<task> column and the blend cannot
 name them.
 
 The ranking score is `cfg.scoring.blend`, an arithmetic expression over task names. It comes from a
-config file, so it is parsed with `ast` and only numbers, task names, + - * / ** and unary minus are
-accepted: no `eval` of configuration text.
+config file, so it is parsed with `ast` and only numbers, task names, + - * / **, unary minus and the
+functions log and exp are accepted: no `eval` of configuration text. log is taken of max(x, 1e-30), so a
+probability that underflows to 0 gives a very low score rather than -inf. A retrieval task's value is a
+logit-like score: `log(engage) + match` multiplies the probability by exp(match).
 """
 
 from __future__ import annotations
 
 import ast
+import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,7 +45,14 @@ from model.spec import TaskSpec
 from nightrec import schema
 from nightrec.config import Config
 
+log = logging.getLogger(__name__)
+
 Blend = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "log": lambda x: torch.log(x.clamp(min=1e-30)),
+    "exp": torch.exp,
+}
 
 _BINARY_OPS: dict[type[ast.operator], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     ast.Add: torch.add,
@@ -74,6 +90,8 @@ def _check(node: ast.expr, names: list[str], expression: str) -> None:
             _check(right, names, expression)
         case ast.UnaryOp(op=ast.USub() | ast.UAdd(), operand=operand):
             _check(operand, names, expression)
+        case ast.Call(func=ast.Name(id=function), args=[argument], keywords=[]) if function in _FUNCTIONS:
+            _check(argument, names, expression)
         case ast.Constant(value=value) if type(value) in (int, float):  # not bool, complex or str
             try:
                 finite = math.isfinite(float(value))
@@ -90,7 +108,7 @@ def _check(node: ast.expr, names: list[str], expression: str) -> None:
         case _:
             raise ValueError(
                 f"scoring.blend {expression!r}: {type(node).__name__} is not allowed; use task names, "
-                "numbers, + - * / ** and parentheses"
+                "numbers, + - * / **, parentheses, log() and exp()"
             )
 
 
@@ -102,6 +120,8 @@ def _evaluate(node: ast.expr, values: dict[str, torch.Tensor]) -> torch.Tensor:
     if isinstance(node, ast.UnaryOp):
         operand = _evaluate(node.operand, values)
         return -operand if isinstance(node.op, ast.USub) else operand
+    if isinstance(node, ast.Call):
+        return _FUNCTIONS[node.func.id](_evaluate(node.args[0], values))
     if isinstance(node, ast.Constant):
         return torch.tensor(float(node.value), dtype=torch.float32)
     assert isinstance(node, ast.Name)
@@ -160,25 +180,56 @@ def score_users(model_dir: Path, features_dir: Path, cfg: Config, show_progress:
     parts: dict[str, list[np.ndarray]] = {"user": [], "rank": [], "item": [], "score": [], "preds": []}
 
     text = item_text(items, layout.text_encoder, layout.text_dim, text_cache_dir(cfg))
+    retrieval = model.retrieval_task
+    n_candidates = cfg.scoring.retrieval_candidates
+    two_stage = (
+        retrieval is not None
+        and n_users * n_items >= cfg.scoring.two_stage_min_pairs
+        and n_candidates < n_items
+    )
+    if two_stage:
+        log.info(
+            "two-stage scoring: %d users x %d items; the retrieval task %r picks %d candidates per user",
+            n_users,
+            n_items,
+            tasks[retrieval].name,
+            n_candidates,
+        )
     with torch.inference_mode():
         with precision(device):
             item_part = model.item_part(item_tensors(items, vocab, layout, text).to(device))
+            item_vectors = None if retrieval is None else model.item_vectors(item_part)
         bar = tqdm(total=n_users, unit="user", desc="scoring", disable=not show_progress)
         for start in range(0, n_users, block_size):
             block = all_users.take(slice(start, start + block_size)).to(device)
             b = len(block)
-            with precision(device):
-                grid = model.grid_features(model.user_part(block), item_part)
-                preds = model.head(grid).predictions.float().view(b, n_items, len(tasks))[..., published]
-            scores = blend({tasks[j].name: preds[..., k] for k, j in enumerate(published)}).float()
-            scores = scores.expand(b, n_items)
-            if torch.isnan(scores).any():
-                raise ValueError(f"scoring.blend {cfg.scoring.blend!r} gives NaN for some predictions")
-
             lo, hi = np.searchsorted(seen_user, [start, start + b])
             is_seen = torch.zeros(b, n_items, dtype=torch.bool)
             is_seen[torch.from_numpy(seen_user[lo:hi] - start), torch.from_numpy(seen_item[lo:hi])] = True
             is_seen = is_seen.to(device)
+
+            candidates = None  # [b, N] item rows in two-stage scoring; None: every item
+            with precision(device):
+                user = model.user_part(block)
+                match = None
+                if item_vectors is not None:
+                    match = model.retrieval_scores(model.user_vectors(user), item_vectors)  # [b, n_items]
+                if two_stage:
+                    # The N best unseen items by retrieval score, in item order (ties then rank by position).
+                    picked = match.masked_fill(is_seen, float("-inf")).topk(n_candidates, dim=1).indices
+                    candidates = picked.sort(dim=1).values
+                    features = model.candidate_features(user, item_part, candidates)
+                    match = match.gather(1, candidates)
+                    is_seen = is_seen.gather(1, candidates)
+                else:
+                    features = model.grid_features(user, item_part)
+                out = model.head(features, None if match is None else match.reshape(-1))
+            width = n_items if candidates is None else n_candidates
+            preds = out.predictions.float().view(b, width, len(tasks))[..., published]
+            scores = blend({tasks[j].name: preds[..., k] for k, j in enumerate(published)}).float()
+            scores = scores.expand(b, width)
+            if torch.isnan(scores).any():
+                raise ValueError(f"scoring.blend {cfg.scoring.blend!r} gives NaN for some predictions")
 
             # Stable descending sort: equal scores keep the item order. Seen items are skipped by
             # counting only unseen ones, so a -inf score can never be confused with "seen".
@@ -186,12 +237,13 @@ def score_users(model_dir: Path, features_dir: Path, cfg: Config, show_progress:
             unseen = ~is_seen.gather(1, order)
             rank = unseen.cumsum(dim=1)
             row, pos = (unseen & (rank <= k)).nonzero(as_tuple=True)  # row-major: by user, then rank
-            item = order[row, pos]
+            column = order[row, pos]
+            item = column if candidates is None else candidates[row, column]
             parts["user"].append((row + start).cpu().numpy())
             parts["rank"].append(rank[row, pos].cpu().numpy().astype(np.int32))
             parts["item"].append(item.cpu().numpy())
-            parts["score"].append(scores[row, item].double().cpu().numpy())
-            parts["preds"].append(preds[row, item].double().cpu().numpy())
+            parts["score"].append(scores[row, column].double().cpu().numpy())
+            parts["preds"].append(preds[row, column].double().cpu().numpy())
             bar.update(b)
         bar.close()
 

@@ -17,7 +17,7 @@ from nightrec.config import Config
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    type: str  # "binary" | "regression" | "multiclass"
+    type: str  # "binary" | "regression" | "multiclass" | "retrieval"
     weight: float
     parent: int | None  # index of the ESMM parent task, always an earlier task
     regression_loss: str = "mse"  # "mse" | "huber"; regression tasks only
@@ -42,6 +42,8 @@ class ModelSpec:
     ple_task_experts: int = 1
     history_pooling: str = "mean"  # "mean" | "din"
     n_text: int = 0  # width of the item text embedding fed to the item part; 0 = no text features
+    retrieval_hidden: tuple[int, ...] = (64, 32)  # user and item tower widths of a retrieval task
+    retrieval_temperature: float = 0.05
 
     def __post_init__(self) -> None:
         if not self.expert_hidden:
@@ -78,6 +80,8 @@ class ModelSpec:
             ple_task_experts=mc.ple_task_experts,
             history_pooling=mc.history_pooling,
             n_text=layout.text_width,
+            retrieval_hidden=tuple(mc.retrieval_hidden),
+            retrieval_temperature=mc.retrieval_temperature,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,5 +92,7 @@ class ModelSpec:
         values = dict(data)
         values["expert_hidden"] = tuple(values["expert_hidden"])
         values["tower_hidden"] = tuple(values["tower_hidden"])
+        if "retrieval_hidden" in values:
+            values["retrieval_hidden"] = tuple(values["retrieval_hidden"])
         values["tasks"] = tuple(TaskSpec(**t) for t in values["tasks"])
         return cls(**values)

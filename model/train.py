@@ -146,6 +146,12 @@ def _tensors(group: TensorGroup) -> Iterator[torch.Tensor]:
             yield value
 
 
+def positives_per_item(data: ExampleTensors, task: int, n_items: int) -> torch.Tensor:
+    """[n_items] count of the examples labelled positive for `task`, per item index."""
+    positive = data.label_mask[:, task] & (data.labels[:, task] > 0.5)
+    return torch.bincount(data.items.item[positive], minlength=n_items)
+
+
 def _inputs_fingerprint(version: str, data: TrainingData, shard: Shard) -> str:
     """What a resume file must match: the version (config, window) plus the example tensors themselves,
     so data corrected under the same window and counts starts over instead of mixing two datasets."""
@@ -212,7 +218,7 @@ def _train_epoch(
         batch = data.take(shard.part(order[start : start + batch_size]))
         with autocast(device, cpu_bf16):
             out = forward(batch.users, batch.items)
-        _, per_task = model.loss(out, batch.labels, batch.label_mask, batch.class_targets)
+        _, per_task = model.loss(out, batch.labels, batch.label_mask, batch.class_targets, batch.items.item)
         optimizer.zero_grad(set_to_none=True)
         balancer.backward(per_task)
         optimizer.step()
@@ -240,7 +246,7 @@ def _evaluate(
         batch = data.take(slice(start, start + batch_size))
         with autocast(device, cpu_bf16):
             out = model(batch.users, batch.items)
-        _, per_task = model.loss(out, batch.labels, batch.label_mask, batch.class_targets)
+        _, per_task = model.loss(out, batch.labels, batch.label_mask, batch.class_targets, batch.items.item)
         counts = batch.label_mask.sum(dim=0).float()
         loss_sums += per_task * counts
         label_counts += counts
@@ -357,6 +363,8 @@ def train_model(
         torch.manual_seed(mc.seed)
         model = build_model(spec).to(device)
         warm_summary = warm_start(model, warm_from, data.vocab) if warm_from is not None else None
+        if model.retrieval_task is not None:
+            model.set_sampling_distribution(positives_per_item(data.train, model.retrieval_task, spec.n_items))
         balancer = make_balancer(mc, model, len(names))
         optimizer = torch.optim.AdamW(
             [{"params": model.parameters()}, {"params": balancer.parameters(), "weight_decay": 0.0}],

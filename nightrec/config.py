@@ -84,10 +84,12 @@ class TaskConfig(Strict):
     name: str = Field(
         description="Lower-case identifier: the label column label_<name>, the published column p_<name>."
     )
-    type: Literal["binary", "regression", "multiclass"] = Field(
+    type: Literal["binary", "regression", "multiclass", "retrieval"] = Field(
         "binary",
         description="binary: 1 when the rule matches (BCE); regression: the matching event's value; "
-        "multiclass: a distribution over the category vocabulary (cross-entropy), from a categories source.",
+        "multiclass: a distribution over the category vocabulary (cross-entropy), from a categories source; "
+        "retrieval: a two-tower score (user vector . item vector) trained with in-batch sampled softmax and "
+        "logQ correction on the examples where the rule matches; it picks the candidates of two-stage scoring.",
     )
     regression_loss: Literal["mse", "huber"] = Field(
         "mse", description="Loss of a regression task: squared error, or Huber (delta 1) for heavy tails."
@@ -113,7 +115,14 @@ class TaskConfig(Strict):
             )
         if from_events and not self.label.event_types:
             raise ValueError(f"task {self.name!r}: label.event_types must name at least one event type")
+        if self.type == "retrieval" and self.parent is not None:
+            raise ValueError(f"task {self.name!r}: a retrieval task has no ESMM parent")
         return self
+
+    @property
+    def has_binary_label(self) -> bool:
+        """Labelled 1/0 by its rule: binary tasks and the positives of a retrieval task."""
+        return self.type in ("binary", "retrieval")
 
 
 class FeaturesConfig(Strict):
@@ -190,6 +199,15 @@ class ModelConfig(Strict):
         description="Start from the champion's weights where the vocabularies allow (new ids: fresh rows).",
     )
     cpu_bf16: bool = Field(False, description="bf16 autocast on CPU too (fast on CPUs with AMX).")
+    retrieval_hidden: list[int] = Field(
+        default_factory=lambda: [64, 32],
+        min_length=1,
+        description="Retrieval task: layer sizes of the user tower and of the item tower; the last is the "
+        "size of the vectors whose inner product is the score.",
+    )
+    retrieval_temperature: float = Field(
+        0.05, gt=0.0, description="Retrieval task: the score is cosine(user, item) / temperature."
+    )
     expert_hidden: list[int] = Field(
         default_factory=lambda: [64, 32], description="Hidden layer sizes of each expert."
     )
@@ -228,6 +246,23 @@ class ScoringConfig(Strict):
         ge=1,
         description="Users scored per block against the whole catalogue; lower it when memory is short.",
     )
+    two_stage_min_pairs: int = Field(
+        50_000_000,
+        ge=0,
+        description="With a retrieval task and at least this many users x items, score in two stages: the "
+        "retrieval score picks retrieval_candidates items per user, the full model ranks only those.",
+    )
+    retrieval_candidates: int = Field(
+        500, ge=1, description="Two-stage scoring: candidates per user from the retrieval stage."
+    )
+
+    @model_validator(mode="after")
+    def _candidates_cover_top_k(self) -> ScoringConfig:
+        if self.retrieval_candidates < self.top_k:
+            raise ValueError(
+                f"scoring.retrieval_candidates ({self.retrieval_candidates}) must be at least top_k ({self.top_k})"
+            )
+        return self
 
 
 class NotifyConfig(Strict):
@@ -323,6 +358,9 @@ class Config(Strict):
             raise ValueError(
                 f"event types used but not declared in validation.event_types: {sorted(missing)}"
             )
+        retrieval = [t.name for t in self.tasks if t.type == "retrieval"]
+        if len(retrieval) > 1:
+            raise ValueError(f"at most one retrieval task (it picks the candidates); got {retrieval}")
         return self
 
     def task_names(self) -> list[str]:

@@ -5,7 +5,7 @@ The feature job writes, under `<run_dir>/features/`:
 - `examples/`: one row per (user, item, day) training example, with
   `user_id`, `item_id` (string), `day` (date), one `label_<task>` per task, and the user and item features
   below, all computed from events strictly before `day`. Labels by task type:
-  binary: double 0/1; regression: double, the matching event's value, null where the example has no such
+  binary and retrieval: double 0/1; regression: double, the matching event's value, null where the example has no such
   event; multiclass: array<string> of categories, a bag with repeats that the model turns into a target
   distribution over the category vocabulary (empty: no label, the example is masked out for that task).
   A multiclass label's source is item_categories (the example item's categories, = `i_categories`) or
