@@ -24,7 +24,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from flows.backtest import _markdown_table, _json_safe, overall
+from flows.backtest import _json_safe, _markdown_table, overall
 from model.pair_scores import score_pairs
 from model.peers import Ranker, evaluate_night
 from model.score import score_users
@@ -36,7 +36,9 @@ def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """`base` with `override`'s values, tables merged key by key and everything else replaced."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        out[key] = (
+            merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        )
     return out
 
 
@@ -48,7 +50,9 @@ def variant_configs(base: Config, path: Path | None) -> dict[str, Config]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True)
     parser.add_argument("--landing")
     parser.add_argument("--workdir")
@@ -69,16 +73,22 @@ def main() -> None:
     for run_date in dates:
         features = base.run_dir(run_date) / "features"
         if not features.exists():
-            raise SystemExit(f"{features} is missing: run the nightly (or nightrec backtest) for {run_date} first")
+            raise SystemExit(
+                f"{features} is missing: run the nightly (or nightrec backtest) for {run_date} first"
+            )
         trained: dict[str, Path] = {}
         rankers = {}
         for name, cfg in configs.items():
-            key = json.dumps({k: v for k, v in cfg.model_dump(mode="json").items() if k != "scoring"}, sort_keys=True)
+            key = json.dumps(
+                {k: v for k, v in cfg.model_dump(mode="json").items() if k != "scoring"}, sort_keys=True
+            )
             if key not in trained:
                 trained[key] = train_model(features, cfg, run_date, root, show_progress=False).model_dir
             model_dir = trained[key]
             recs = score_users(model_dir, features, cfg, show_progress=False)
-            rankers[name] = Ranker(recs, lambda pairs, d=model_dir, c=cfg: score_pairs(d, features, c, pairs))
+            rankers[name] = Ranker(
+                recs, lambda pairs, d=model_dir, c=cfg, f=features: score_pairs(d, f, c, pairs)
+            )
             print(f"{run_date} {name}: trained and scored", flush=True)
         night = evaluate_night(base, run_date, rankers, peers=True)
         nights.append(night)

@@ -257,7 +257,14 @@ class MultiTaskModel(InputEncoder):
                 )
 
         losses = task_losses(
-            self.spec.tasks, out.logits, out.predictions, out.class_logits, labels, mask, class_targets, retrieval
+            self.spec.tasks,
+            out.logits,
+            out.predictions,
+            out.class_logits,
+            labels,
+            mask,
+            class_targets,
+            retrieval,
         )
         return (losses * self.task_weights).sum(), losses
 

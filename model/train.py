@@ -364,7 +364,9 @@ def train_model(
         model = build_model(spec).to(device)
         warm_summary = warm_start(model, warm_from, data.vocab) if warm_from is not None else None
         if model.retrieval_task is not None:
-            model.set_sampling_distribution(positives_per_item(data.train, model.retrieval_task, spec.n_items))
+            model.set_sampling_distribution(
+                positives_per_item(data.train, model.retrieval_task, spec.n_items)
+            )
         balancer = make_balancer(mc, model, len(names))
         optimizer = torch.optim.AdamW(
             [{"params": model.parameters()}, {"params": balancer.parameters(), "weight_decay": 0.0}],

@@ -144,7 +144,9 @@ def test_scoring_with_and_without_two_stages_equals_forward_pair_by_pair(
         assert np.allclose(got.p_match, match[u, best], rtol=1e-4, atol=1e-5)
 
 
-def test_two_stage_scoring_only_starts_above_its_threshold(trained, features_dir: Path, workdir: Path) -> None:
+def test_two_stage_scoring_only_starts_above_its_threshold(
+    trained, features_dir: Path, workdir: Path
+) -> None:
     cfg, result = trained
     full = score_users(result.model_dir, features_dir, cfg, show_progress=False)
     n_pairs = read_features(features_dir, schema.USERS).num_rows * N_ITEMS
@@ -159,7 +161,9 @@ def test_blend_functions_log_and_exp() -> None:
     values = {"click": torch.tensor([0.5, 0.0]), "match": torch.tensor([1.0, 2.0])}
     got = compile_blend("log(click) + match", tasks)(values)
     assert torch.allclose(got, torch.tensor([math.log(0.5) + 1.0, math.log(1e-30) + 2.0]))
-    assert torch.allclose(compile_blend("click * exp(match)", tasks)(values), torch.tensor([0.5 * math.e, 0.0]))
+    assert torch.allclose(
+        compile_blend("click * exp(match)", tasks)(values), torch.tensor([0.5 * math.e, 0.0])
+    )
     for expression in ("open(click)", "log(click, 2)", "log(x=click)", "log.__class__", "exp"):
         with pytest.raises(ValueError, match="scoring.blend"):
             compile_blend(expression, tasks)
