@@ -146,6 +146,49 @@ def _windowed_counts(
     return keys.select(key, S.DAY).distinct().join(stacked.select(key, S.DAY, *cols), [key, S.DAY])
 
 
+def value_stats(
+    events: DataFrame, keys: DataFrame, key: str, seen_types: Sequence[str], names: tuple[str, str]
+) -> DataFrame:
+    """(mean, count) of the values of the key's events of the seen types on the days strictly before each key
+    day; mean 0 where there is none. What a bias model knows (a user's and an item's average rating), as of
+    the example's day."""
+    daily = (
+        events.where(F.col("event_type").isin(list(seen_types)) & F.col("value").isNotNull())
+        .groupBy(key, S.DAY)
+        .agg(F.sum("value").alias("s"), F.count("*").alias("n"))
+    )
+    zeros = (
+        keys.select(key, S.DAY)
+        .distinct()
+        .select(key, S.DAY, F.lit(0.0).alias("s"), F.lit(0).cast("long").alias("n"))
+    )
+    stacked = (
+        daily.unionByName(zeros)
+        .groupBy(key, S.DAY)
+        .agg(F.sum("s").alias("s"), F.sum("n").alias("n"))
+        .withColumn("_d", _day_num())
+    )
+    before = Window.partitionBy(key).orderBy("_d").rangeBetween(Window.unboundedPreceding, -1)
+    total, count = (
+        F.coalesce(F.sum("s").over(before), F.lit(0.0)),
+        F.coalesce(F.sum("n").over(before), F.lit(0)),
+    )
+    mean, n = names
+    return (
+        keys.select(key, S.DAY)
+        .distinct()
+        .join(
+            stacked.select(
+                key,
+                S.DAY,
+                F.when(count > 0, total / count).otherwise(0.0).cast("double").alias(mean),
+                count.cast("double").alias(n),
+            ),
+            [key, S.DAY],
+        )
+    )
+
+
 def user_activity(events: DataFrame, keys: DataFrame, windows: Sequence[int]) -> DataFrame:
     """u_cnt_<w>d: the user's events of any type in the w days before each key day."""
     daily = events.groupBy(S.USER_ID, S.DAY).agg(F.count("*").alias("n"))
@@ -202,10 +245,10 @@ def user_history(events: DataFrame, keys: DataFrame, seen_types: Sequence[str], 
     )
 
 
-def item_features(
-    events: DataFrame, items: DataFrame, keys: DataFrame, seen_types: Sequence[str], windows: Sequence[int]
-) -> DataFrame:
-    """i_pop_<w>d (engagement events in the w days before), i_age_days, i_categories per (item, day)."""
+def item_features(events: DataFrame, items: DataFrame, keys: DataFrame, cfg: Config) -> DataFrame:
+    """i_pop_<w>d (engagement events in the w days before), i_age_days, i_categories per (item, day), and
+    with `features.value_stats` i_val_mean, i_val_n."""
+    seen_types, windows = cfg.features.seen_event_types, cfg.features.windows
     daily = (
         events.where(F.col("event_type").isin(list(seen_types)))
         .groupBy(S.ITEM_ID, S.DAY)
@@ -217,7 +260,7 @@ def item_features(
         F.to_date("created_at").alias("_created"),
         F.coalesce(F.col("categories"), F.array().cast("array<string>")).alias(S.CATEGORIES),
     )
-    return pop.join(meta, S.ITEM_ID, "left").select(
+    out = pop.join(meta, S.ITEM_ID, "left").select(
         S.ITEM_ID,
         S.DAY,
         *[S.item_pop_column(w) for w in windows],
@@ -226,13 +269,21 @@ def item_features(
         .alias(S.ITEM_AGE),
         F.coalesce(F.col(S.CATEGORIES), F.array().cast("array<string>")).alias(S.CATEGORIES),
     )
+    if cfg.features.value_stats:
+        names = (S.ITEM_VALUE_MEAN, S.ITEM_VALUE_COUNT)
+        out = out.join(value_stats(events, keys, S.ITEM_ID, seen_types, names), [S.ITEM_ID, S.DAY])
+    return out
 
 
 def user_features(events: DataFrame, keys: DataFrame, cfg: Config) -> DataFrame:
     f = cfg.features
     activity = user_activity(events, keys, f.windows)
     history = user_history(events, keys, f.seen_event_types, f.history_length)
-    return activity.join(history, [S.USER_ID, S.DAY])
+    out = activity.join(history, [S.USER_ID, S.DAY])
+    if f.value_stats:
+        names = (S.USER_VALUE_MEAN, S.USER_VALUE_COUNT)
+        out = out.join(value_stats(events, keys, S.USER_ID, f.seen_event_types, names), [S.USER_ID, S.DAY])
+    return out
 
 
 def with_history_categories(users: DataFrame, items: DataFrame) -> DataFrame:
@@ -283,7 +334,7 @@ def training_examples(events: DataFrame, items: DataFrame, cfg: Config) -> DataF
     users = user_features(events, labelled, cfg)
     if any(t.label.source == "user_categories" for t in tasks):
         users = with_history_categories(users, items)
-    item_feats = item_features(events, items, labelled, cfg.features.seen_event_types, cfg.features.windows)
+    item_feats = item_features(events, items, labelled, cfg)
     examples = labelled.join(users, [S.USER_ID, S.DAY]).join(item_feats, [S.ITEM_ID, S.DAY])
     return category_labels(examples, tasks)
 
@@ -309,7 +360,7 @@ def scoring_inputs(
     item_keys = catalogue.select(S.ITEM_ID).distinct().select(S.ITEM_ID, at)
     users = user_features(events, user_keys, cfg).drop(S.DAY)
     item_feats = (
-        item_features(events, catalogue, item_keys, cfg.features.seen_event_types, cfg.features.windows)
+        item_features(events, catalogue, item_keys, cfg)
         .join(catalogue.select(S.ITEM_ID, S.TITLE, _item_text(catalogue)), S.ITEM_ID)
         .drop(S.DAY)
     )

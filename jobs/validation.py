@@ -242,6 +242,11 @@ def default_numeric_features(cfg: Config) -> list[str]:
         *(schema.user_count_column(w) for w in windows),
         *(schema.item_pop_column(w) for w in windows),
         schema.ITEM_AGE,
+        *(
+            (schema.USER_VALUE_MEAN, schema.USER_VALUE_COUNT, schema.ITEM_VALUE_MEAN, schema.ITEM_VALUE_COUNT)
+            if cfg.features.value_stats
+            else ()
+        ),
     ]
 
 

@@ -4,7 +4,8 @@
 - ESMM child (a binary task with a parent, Ma et al., SIGIR 2018): the task predicts p(parent and task) =
   p(parent) x p(task | parent) and is trained on that joint against its own label over all examples. This
   avoids training the conditional on the (biased, sparse) parent-positive subset, and guarantees that the
-  child's prediction never exceeds its parent's;
+  child's prediction never exceeds its parent's. With `parent_loss = "conditional"` the child's own logit,
+  p(child | parent), is trained with BCE on the parent's positives only;
 - regression: squared error, or Huber (delta 1) when heavy tails would let a few values dominate;
 - multiclass: cross-entropy against a target distribution over the category vocabulary (the normalised
   category counts of the label), i.e. F.cross_entropy with probability targets;
@@ -92,6 +93,9 @@ def task_losses(
             else:
                 loss = (predictions[:, t] - y) ** 2
         elif task.parent is None:
+            loss = F.binary_cross_entropy_with_logits(logits[:, t], y, reduction="none")
+        elif task.parent_loss == "conditional":
+            m = m * labels[:, task.parent] * mask[:, task.parent].float()  # the parent's positives only
             loss = F.binary_cross_entropy_with_logits(logits[:, t], y, reduction="none")
         else:
             p = predictions[:, t].clamp(JOINT_EPS, 1.0 - JOINT_EPS)

@@ -21,6 +21,7 @@ class TaskSpec:
     weight: float
     parent: int | None  # index of the ESMM parent task, always an earlier task
     regression_loss: str = "mse"  # "mse" | "huber"; regression tasks only
+    parent_loss: str = "joint"  # "joint" (ESMM) | "conditional"; tasks with a parent only
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class ModelSpec:
                     t.weight,
                     None if t.parent is None else names.index(t.parent),
                     t.regression_loss,
+                    t.parent_loss,
                 )
                 for t in cfg.tasks
             ),

@@ -99,6 +99,12 @@ class TaskConfig(Strict):
     parent: str | None = Field(
         None, description="ESMM: p(parent and this) = p(parent) x p(this | parent); loss on the joint."
     )
+    parent_loss: Literal["joint", "conditional"] = Field(
+        "joint",
+        description="With a parent: joint (ESMM) trains p(parent and this) on every example; conditional "
+        "trains p(this | parent) on the parent's positives only (what a judgement on the parent's events, "
+        "such as the AUC over rated items, asks for). The prediction is the joint either way.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -142,6 +148,11 @@ class FeaturesConfig(Strict):
     seen_event_types: list[str] = Field(
         min_length=1,
         description="Items a user had these events with are never recommended to that user again.",
+    )
+    value_stats: bool = Field(
+        False,
+        description="Add the mean and count of the values (e.g. ratings) of the user's and of the item's "
+        "earlier events of the seen types as features (u_val_mean, u_val_n, i_val_mean, i_val_n).",
     )
 
 

@@ -16,7 +16,7 @@ EVENT_SCHEMA = (
 ITEM_SCHEMA = "item_id string, title string, categories array<string>, created_at timestamp"
 
 
-def cfg(negatives: int = 0) -> Config:
+def cfg(negatives: int = 0, value_stats: bool = False) -> Config:
     return Config.model_validate(
         {
             "data": {"landing": "x", "workdir": "x", "warehouse": "x"},
@@ -26,6 +26,7 @@ def cfg(negatives: int = 0) -> Config:
                 "exposure_event_types": ["impression"],
                 "negatives_per_positive": negatives,
                 "seen_event_types": ["click", "purchase"],
+                "value_stats": value_stats,
             },
             "validation": {"event_types": ["impression", "click", "purchase"]},
             "tasks": [
@@ -116,9 +117,7 @@ def test_point_in_time_values(spark, items):
     item_keys = spark.createDataFrame(
         [("i1", date(2026, 10, 5)), ("i3", date(2026, 10, 4))], "item_id string, day date"
     )
-    it = as_dict(
-        features.item_features(events, items, item_keys, ["click", "purchase"], [1, 7]), "item_id", "day"
-    )
+    it = as_dict(features.item_features(events, items, item_keys, cfg()), "item_id", "day")
     assert (it[("i1", date(2026, 10, 5))]["i_pop_1d"], it[("i1", date(2026, 10, 5))]["i_pop_7d"]) == (
         1.0,
         2.0,
@@ -126,6 +125,37 @@ def test_point_in_time_values(spark, items):
     assert it[("i1", date(2026, 10, 5))]["i_age_days"] == 4.0
     assert it[("i3", date(2026, 10, 4))]["i_pop_7d"] == 0.0  # its own day's clicks are not yet known
     assert it[("i3", date(2026, 10, 4))][S.CATEGORIES] == []
+
+
+def test_value_stats_are_the_mean_and_count_of_earlier_values(spark, items):
+    events = frame(spark, BASE)
+    config = cfg(value_stats=True)
+    keys = spark.createDataFrame(
+        [("u1", date(2026, 10, 4)), ("u1", date(2026, 10, 3)), ("u2", date(2026, 10, 9))],
+        "user_id string, day date",
+    )
+    users = as_dict(features.user_features(events, keys, config), "user_id", "day")
+    # u1's only valued event before day 4 is the purchase of 5.0 on day 3; on day 3 itself nothing yet
+    assert (users[("u1", date(2026, 10, 4))]["u_val_mean"], users[("u1", date(2026, 10, 4))]["u_val_n"]) == (
+        5.0,
+        1.0,
+    )
+    assert (users[("u1", date(2026, 10, 3))]["u_val_mean"], users[("u1", date(2026, 10, 3))]["u_val_n"]) == (
+        0.0,
+        0.0,
+    )
+    assert users[("u2", date(2026, 10, 9))]["u_val_n"] == 0.0  # clicks carry no value
+    item_keys = spark.createDataFrame(
+        [("i2", date(2026, 10, 9)), ("i3", date(2026, 10, 4)), ("i3", date(2026, 10, 5))],
+        "item_id string, day date",
+    )
+    it = as_dict(features.item_features(events, items, item_keys, config), "item_id", "day")
+    assert (it[("i2", date(2026, 10, 9))]["i_val_mean"], it[("i2", date(2026, 10, 9))]["i_val_n"]) == (
+        5.0,
+        1.0,
+    )
+    assert it[("i3", date(2026, 10, 4))]["i_val_n"] == 0.0  # the purchase of its own day is not yet known
+    assert it[("i3", date(2026, 10, 5))]["i_val_mean"] == 25.0
 
 
 def test_history_is_capped_at_the_newest_items(spark):
@@ -137,7 +167,7 @@ def test_history_is_capped_at_the_newest_items(spark):
 
 def test_no_future_event_reaches_features_or_labels(spark, items):
     """Adding events on or after an example's day changes none of its features, nor labels of earlier days."""
-    config = cfg(negatives=1)
+    config = cfg(negatives=1, value_stats=True)
     past = frame(spark, BASE)
     future_rows = BASE + [
         ("u1", "i1", "click", None, ts(4, 23)),  # same day as the day-4 examples, later hour
