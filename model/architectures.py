@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.data import ItemTensors, UserTensors
-from model.inputs import InputEncoder, ItemPart, UserPart
+from model.inputs import InputEncoder, ItemPart, PairGrid, UserPart
 from model.losses import in_batch_softmax, multiclass_tasks, task_losses
 from model.spec import ModelSpec
 
@@ -53,9 +53,18 @@ class BatchedLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(groups, in_dim, out_dim).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(groups, out_dim).uniform_(-bound, bound))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | PairGrid) -> torch.Tensor:
+        if isinstance(x, PairGrid):  # the groups side by side as one [in, groups * out] layer
+            groups, in_dim, out_dim = self.weight.shape
+            flat = self.weight.permute(1, 0, 2).reshape(in_dim, groups * out_dim)
+            return x.project(flat, self.bias.reshape(-1)).view(-1, groups, out_dim)
         pattern = "ni,gio->ngo" if x.dim() == 2 else "ngi,gio->ngo"
         return torch.einsum(pattern, x, self.weight) + self.bias
+
+
+def linear(layer: nn.Linear, x: torch.Tensor | PairGrid) -> torch.Tensor:
+    """`layer(x)`, also on a factorised PairGrid."""
+    return x.project(layer.weight.T, layer.bias) if isinstance(x, PairGrid) else layer(x)
 
 
 class ExtractionLevel(nn.Module):
@@ -91,9 +100,9 @@ class ExtractionLevel(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.n_tasks, self.n_experts = n_tasks, n_experts
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor | PairGrid) -> tuple[torch.Tensor, torch.Tensor]:
         """(outputs, task gates [N, T, E] with zeros for the experts a task does not see)."""
-        first = x.dim() == 2
+        first = isinstance(x, PairGrid) or x.dim() == 2
         h = x if first else x[:, self.expert_group]
         for layer in self.experts:
             h = self.dropout(torch.relu(layer(h)))  # [N, E, H]
@@ -103,7 +112,9 @@ class ExtractionLevel(nn.Module):
         gates.scatter_(2, self.task_choice.expand(n, -1, -1), chosen)
         out = torch.einsum("nte,neh->nth", gates.to(h.dtype), h)
         if self.shared_gate is not None:
-            shared = torch.softmax(self.shared_gate(x if first else x[:, self.n_tasks]).float(), dim=-1)
+            shared = torch.softmax(
+                linear(self.shared_gate, x if first else x[:, self.n_tasks]).float(), dim=-1
+            )
             out = torch.cat([out, torch.einsum("ne,neh->nh", shared.to(h.dtype), h)[:, None]], dim=1)
         return out, gates
 
@@ -156,7 +167,7 @@ class MultiTaskModel(InputEncoder):
             persistent=False,
         )
 
-    def shared(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def shared(self, x: torch.Tensor | PairGrid) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Tower inputs [N, T, H] and the mean task gates [T, E] (None without gates)."""
         raise NotImplementedError
 
@@ -192,9 +203,10 @@ class MultiTaskModel(InputEncoder):
         """[B, I] retrieval score of every user against every item."""
         return user_vectors @ item_vectors.T / self.spec.retrieval_temperature
 
-    def head(self, x: torch.Tensor, retrieval_score: torch.Tensor | None = None) -> ModelOutput:
-        """The shared part, towers and task heads on encoded pairs [N, out_dim]; `retrieval_score` [N] is the
-        retrieval task's score of the same pairs (required when the model has one)."""
+    def head(self, x: torch.Tensor | PairGrid, retrieval_score: torch.Tensor | None = None) -> ModelOutput:
+        """The shared part, towers and task heads on encoded pairs ([N, out_dim] or a PairGrid of N pairs);
+        `retrieval_score` [N] is the retrieval task's score of the same pairs (required when the model has
+        one)."""
         if self.retrieval_task is not None and retrieval_score is None:
             raise ValueError("this model has a retrieval task: head() needs the pairs' retrieval scores")
         task_in, gate_mean = self.shared(x)
@@ -205,7 +217,7 @@ class MultiTaskModel(InputEncoder):
         class_logits = (
             torch.stack([outs[t] for t in self.multiclass], dim=1)
             if self.multiclass
-            else x.new_zeros(x.shape[0], 0, self.spec.n_categories, dtype=torch.float32)
+            else task_in.new_zeros(task_in.shape[0], 0, self.spec.n_categories, dtype=torch.float32)
         )
         logits, preds = [], []
         for t, task in enumerate(self.spec.tasks):
@@ -279,8 +291,8 @@ class SharedBottom(MultiTaskModel):
             in_dim = width
         self.bottom = nn.Sequential(*layers)
 
-    def shared(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        h = self.bottom(x)
+    def shared(self, x: torch.Tensor | PairGrid) -> tuple[torch.Tensor, None]:
+        h = self.bottom[1:](linear(self.bottom[0], x))
         return h[:, None, :].expand(-1, len(self.spec.tasks), -1), None
 
     @property
@@ -308,7 +320,7 @@ class MixtureOfExperts(MultiTaskModel):
             for level, (k, s, gate) in enumerate(shape)
         )
 
-    def shared(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def shared(self, x: torch.Tensor | PairGrid) -> tuple[torch.Tensor, torch.Tensor]:
         for level in self.levels:
             x, gates = level(x)
         return x, gates.mean(dim=0).detach()

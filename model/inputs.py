@@ -12,6 +12,9 @@ forced to sum to one, so the pooled vector also says how much of the history is 
 1 + MLP(...) averaged over the real history items, which starts out as mean pooling and keeps the scale of
 the pooled vector independent of the history length. With DIN the user part depends on the candidate, so
 `UserPart` carries the history embeddings and the pooling happens per pair (`pair_features`, `grid_features`).
+
+Scoring never builds the [pairs, width] input: `grid_features` returns a `PairGrid`, whose first linear layer
+is computed per user and per item and only summed per pair.
 """
 
 from __future__ import annotations
@@ -119,20 +122,58 @@ class InputEncoder(nn.Module):
             static = torch.cat([static[:, :d], pooled, static[:, d:]], dim=1)
         return torch.cat([static, item.vector], dim=1)
 
-    def grid_features(self, user: UserPart, item: ItemPart) -> torch.Tensor:
-        """[B * I, out_dim] for every user of a block against every item, user-major."""
-        return self._combine(user, item.vector[None], item.target[None])
+    def grid_features(self, user: UserPart, item: ItemPart) -> PairGrid:
+        """Every user of a block against every item, as a factorised `PairGrid` (B x I pairs, user-major)."""
+        return self._grid(user, item.vector[None], item.target[None])
 
-    def candidate_features(self, user: UserPart, item: ItemPart, candidates: torch.Tensor) -> torch.Tensor:
-        """[B * N, out_dim] for each user of a block against its own N candidates (item rows [B, N])."""
-        return self._combine(user, item.vector[candidates], item.target[candidates])
+    def candidate_features(self, user: UserPart, item: ItemPart, candidates: torch.Tensor) -> PairGrid:
+        """Each user of a block against its own N candidates (item rows [B, N]), as a `PairGrid`."""
+        return self._grid(user, item.vector[candidates], item.target[candidates])
 
-    def _combine(self, user: UserPart, vectors: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """User parts [B] against item vectors and DIN targets [B or 1, N, ...]: [B * N, out_dim]."""
-        b, n = user.static.shape[0], vectors.shape[1]
-        parts = [user.static[:, None, :].expand(b, n, -1), vectors.expand(b, n, -1)]
+    def _grid(self, user: UserPart, vectors: torch.Tensor, targets: torch.Tensor) -> PairGrid:
+        pooled = None
         if self.attention is not None:
-            pooled = self.attention(user.history, user.history_mask, targets)
-            d = self.user_embedding.embedding_dim
-            parts = [parts[0][..., :d], pooled, parts[0][..., d:], parts[1]]
-        return torch.cat(parts, dim=2).reshape(b * n, -1)
+            pooled = self.attention(user.history, user.history_mask, targets)  # [B, N, d]
+        # With DIN the pooled history sits right after the user id embedding (see pair_features).
+        return PairGrid(user.static, pooled, vectors, self.user_embedding.embedding_dim, self.user_dim)
+
+
+class PairGrid:
+    """The pair inputs of B users x N items without materialising the [B * N, out_dim] concatenation.
+
+    Its columns are those of `InputEncoder.pair_features`: the user part (with DIN, the pooled history at
+    columns d..2d), then the item part. A linear layer on them splits into a user term, an item term and,
+    with DIN, a pooled-history term: `project` computes the first two once per user and once per item and
+    only adds them per pair, so the first layer of the network costs an addition per pair instead of a
+    product over the full width (with DIN, a product over the pooled d columns remains).
+    """
+
+    def __init__(
+        self,
+        user: torch.Tensor,
+        pooled: torch.Tensor | None,
+        items: torch.Tensor,
+        pooled_at: int,
+        user_dim: int,
+    ):
+        self.user, self.pooled, self.items = user, pooled, items  # [B, Du], [B, N, d] | None, [B|1, N, Di]
+        self.pooled_at, self.user_dim = pooled_at, user_dim
+        self.b, self.n = user.shape[0], items.shape[1]
+
+    def __len__(self) -> int:
+        return self.b * self.n
+
+    def project(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """[B * N, out] = pair_features @ weight + bias, for weight [in, out]."""
+        item_w = weight[self.user_dim :]
+        if self.pooled is None:
+            user_w = weight[: self.user_dim]
+        else:
+            d, at = self.pooled.shape[-1], self.pooled_at
+            user_w = torch.cat([weight[:at], weight[at + d : self.user_dim]])
+        out = (self.user @ user_w)[:, None, :] + self.items @ item_w  # [B, N, out]
+        if self.pooled is not None:
+            out = out + self.pooled @ weight[self.pooled_at : self.pooled_at + self.pooled.shape[-1]]
+        if bias is not None:
+            out = out + bias
+        return out.reshape(self.b * self.n, -1)

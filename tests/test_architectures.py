@@ -375,7 +375,8 @@ def test_pcgrad_on_opposite_task_gradients_leaves_shared_parameters_still() -> N
     signal = out.predictions[:, 0].mean()
     balancer.backward(torch.stack([2.0 * signal, -signal]))  # g_b = -g_a / 2: a full conflict
     shared = [p.grad for p in model.shared_parameters() if p.grad is not None]
-    assert shared and all(torch.count_nonzero(g) == 0 for g in shared)
+    # Zero up to float rounding (the projections cancel g_a exactly only in exact arithmetic)
+    assert shared and all(g.abs().max() < 1e-8 for g in shared)
     model.zero_grad()  # plain summing would have moved them along g_a / 2
     signal = model(*_batch(64)).predictions[:, 0].mean()
     make_balancer(ModelConfig(), model, 2).backward(torch.stack([2.0 * signal, -signal]))
