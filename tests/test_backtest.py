@@ -25,7 +25,17 @@ def backtested(tmp_path_factory, spark, prefect_backend):
     root = tmp_path_factory.mktemp("backtest")
     generate(root / "landing", users=150, items=60, days=16, seed=5, end_date=DATES[-1] + timedelta(days=2))
     config = root / "config.toml"
-    text = CONFIG.format(root=root, top_k=10).replace("epochs = 2", "epochs = 1")
+    # The nights also run the value features, a retrieval task and two-stage scoring end to end.
+    text = (
+        CONFIG.format(root=root, top_k=10)
+        .replace("epochs = 2", "epochs = 1")
+        .replace(
+            'seen_event_types = ["click", "purchase"]',
+            'seen_event_types = ["click", "purchase"]\nvalue_stats = true',
+        )
+    )
+    text += "two_stage_min_pairs = 0\nretrieval_candidates = 20\n"
+    text += '\n[[tasks]]\nname = "match"\ntype = "retrieval"\nlabel = { event_types = ["click"] }\n'
     config.write_text(text + f"\n[evaluation]\ntest_days = {TEST_DAYS}\n")
     argv = ["backtest", "--config", str(config), "--dates", ",".join(map(str, DATES)), "--quiet", "--json"]
     printed = io.StringIO()
@@ -76,6 +86,13 @@ def test_a_two_date_backtest_writes_the_table_by_the_protocol(backtested):
             con.execute("SELECT run_date, model_version FROM runs WHERE status = 'published'").fetchall()
         )
     assert [n["model_version"] for n in written["nights"]] == [versions[d] for d in DATES]
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        match = con.execute(
+            "SELECT count(*), count(p_match), count(DISTINCT p_match) FROM recommendations"
+        ).fetchone()
+    assert match[0] == match[1] > 0 and match[2] > 1, (
+        "the retrieval score is published beside the probabilities"
+    )
 
 
 def test_a_rerun_gives_the_same_table_and_no_duplicate_rows(backtested, capsys):

@@ -188,3 +188,20 @@ def test_config_rejects_what_retrieval_cannot_do(tmp_path: Path) -> None:
     cfg = _config(tmp_path, [MATCH]).model_copy()
     cfg.evaluation.primary_metric = "match.auc"
     assert primary_metric(cfg) == "match.auc"
+
+
+def test_a_conditional_child_is_trained_on_its_parents_positives_only() -> None:
+    from model.losses import task_losses
+
+    tasks = (
+        TaskSpec("click", "binary", 1.0, None),
+        TaskSpec("like", "binary", 1.0, 0, parent_loss="conditional"),
+    )
+    labels = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    logits = torch.tensor([[0.0, 2.0], [0.0, -1.0], [0.0, 5.0], [0.0, 5.0]])  # rows 2, 3: no click, ignored
+    preds = torch.sigmoid(logits)
+    preds[:, 1] = preds[:, 0] * preds[:, 1]
+    mask = torch.ones(4, 2, dtype=torch.bool)
+    losses = task_losses(tasks, logits, preds, torch.zeros(4, 0, 1), labels, mask, None)
+    expected = (F.softplus(torch.tensor(-2.0)) + F.softplus(torch.tensor(-1.0))) / 2
+    assert float(losses[1]) == pytest.approx(float(expected), rel=1e-6)
