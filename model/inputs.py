@@ -73,10 +73,13 @@ class TargetAttention(nn.Module):
 
         Padded slots get weight exactly zero, so whatever they hold changes nothing.
         """
-        w_h, w_t, w_d, w_p = self.first.weight.split(history.shape[-1], dim=1)  # each [H, d]
+        b, length, d = history.shape
+        w_h, w_t, w_d, w_p = self.first.weight.split(d, dim=1)  # each [H, d]
         per_user = history @ (w_h + w_d).T  # [B, L, H]
         per_item = target @ (w_t - w_d).T + self.first.bias  # [B|1, I, H]
-        product = (history[:, None, :, :] * target[:, :, None, :]) @ w_p.T  # [B, I, L, H]
+        # (h * t) W_p = t (diag(h) W_p): one [I, d] x [d, L * H] product per user, never a [B, I, L, d] tensor
+        scaled = (history[..., None] * w_p.T).permute(0, 2, 1, 3).reshape(b, d, length * w_p.shape[0])
+        product = (target.expand(b, -1, -1) @ scaled).view(b, target.shape[1], length, -1)  # [B, I, L, H]
         hidden = self.act(per_user[:, None] + per_item[:, :, None] + product)
         weights = (1.0 + self.out(hidden).squeeze(-1)) * mask[:, None, :]  # [B, I, L]
         pooled = torch.einsum("bil,bld->bid", weights.to(history.dtype), history)
