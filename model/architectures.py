@@ -158,6 +158,8 @@ class MultiTaskModel(InputEncoder):
             *hidden, width = spec.retrieval_hidden
             self.user_tower = _mlp(self.user_dim, tuple(hidden), spec.dropout, width)
             self.item_tower = _mlp(self.item_dim, tuple(hidden), spec.dropout, width)
+        # Wide & deep (Cheng et al., 2016): per task, a linear term of the dense features added to the logit.
+        self.wide = nn.Parameter(torch.zeros(len(self.dense_columns), len(spec.tasks))) if spec.wide else None
         # log of each item's share of the training positives: the logQ correction of the in-batch softmax.
         # Set by the trainer (`set_sampling_distribution`), not saved: scoring does not use it.
         self.register_buffer("item_log_q", torch.zeros(spec.n_items), persistent=False)
@@ -214,6 +216,15 @@ class MultiTaskModel(InputEncoder):
             retrieval_score[:, None].float() if t == self.retrieval_task else tower(task_in[:, t]).float()
             for t, tower in enumerate(self.towers)
         ]
+        if self.wide is not None:
+            weight = self.wide.new_zeros(self.out_dim, self.wide.shape[1]).index_copy(
+                0, self.dense_columns, self.wide
+            )
+            wide = (x.project(weight, None) if isinstance(x, PairGrid) else x @ weight).float()  # [N, T]
+            outs = [
+                out if task.type in ("multiclass", "retrieval") else out + wide[:, t : t + 1]
+                for t, (out, task) in enumerate(zip(outs, self.spec.tasks, strict=True))
+            ]
         class_logits = (
             torch.stack([outs[t] for t in self.multiclass], dim=1)
             if self.multiclass

@@ -98,6 +98,17 @@ class InputEncoder(nn.Module):
         self.user_dim = 2 * d + spec.n_user_dense
         self.item_dim = 2 * d + spec.n_item_dense + (d if spec.n_text else 0)
         self.out_dim = self.user_dim + self.item_dim
+        # Where the dense features sit among the pair columns (see pair_features): the "wide" inputs.
+        self.register_buffer(
+            "dense_columns",
+            torch.cat(
+                [
+                    torch.arange(2 * d, self.user_dim),
+                    torch.arange(self.user_dim + 2 * d, self.user_dim + 2 * d + spec.n_item_dense),
+                ]
+            ),
+            persistent=False,
+        )
 
     def user_part(self, users: UserTensors) -> UserPart:
         own = [self.user_embedding(users.user), users.dense]

@@ -45,6 +45,7 @@ class ModelSpec:
     n_text: int = 0  # width of the item text embedding fed to the item part; 0 = no text features
     retrieval_hidden: tuple[int, ...] = (64, 32)  # user and item tower widths of a retrieval task
     retrieval_temperature: float = 0.05
+    wide: bool = False  # a linear term of the dense features added to each task's logit
 
     def __post_init__(self) -> None:
         if not self.expert_hidden:
@@ -84,6 +85,7 @@ class ModelSpec:
             n_text=layout.text_width,
             retrieval_hidden=tuple(mc.retrieval_hidden),
             retrieval_temperature=mc.retrieval_temperature,
+            wide=mc.wide,
         )
 
     def to_dict(self) -> dict[str, Any]:

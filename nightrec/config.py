@@ -210,6 +210,11 @@ class ModelConfig(Strict):
         description="Start from the champion's weights where the vocabularies allow (new ids: fresh rows).",
     )
     cpu_bf16: bool = Field(False, description="bf16 autocast on CPU too (fast on CPUs with AMX).")
+    wide: bool = Field(
+        False,
+        description="Wide & deep: add a linear term of the dense features (counts, popularity, age, value "
+        "means) to each binary and regression task's logit, a direct path the deep part may not learn.",
+    )
     retrieval_hidden: list[int] = Field(
         default_factory=lambda: [64, 32],
         min_length=1,

@@ -84,6 +84,7 @@ VARIANTS = {
         "architecture": "mmoe",
         "history_pooling": "din",
         "loss_weighting": "uncertainty",
+        "wide": True,
     },
 }
 
