@@ -179,8 +179,10 @@ class MultiTaskModel(InputEncoder):
         raise NotImplementedError
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """Everything but the task towers: the parameters whose task gradients can conflict (PCGrad)."""
-        return [p for name, p in self.named_parameters() if not name.startswith("towers.")]
+        """Everything but the task towers (the retrieval towers and the per-task wide weights included): the
+        parameters whose task gradients can conflict (PCGrad)."""
+        own = ("towers.", "user_tower.", "item_tower.", "wide")
+        return [p for name, p in self.named_parameters() if not name.startswith(own)]
 
     def set_sampling_distribution(self, positives_per_item: torch.Tensor) -> None:
         """The logQ correction from the count of training positives of each item index [n_items]."""
@@ -202,8 +204,10 @@ class MultiTaskModel(InputEncoder):
         return F.normalize(self.item_tower(item.vector).float(), dim=-1)
 
     def retrieval_scores(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
-        """[B, I] retrieval score of every user against every item."""
-        return user_vectors @ item_vectors.T / self.spec.retrieval_temperature
+        """[B, I] retrieval score of every user against every item, in float32 also under autocast (a bf16
+        product would round scores of +-1/temperature and the candidates they pick)."""
+        with torch.autocast(user_vectors.device.type, enabled=False):
+            return user_vectors.float() @ item_vectors.float().T / self.spec.retrieval_temperature
 
     def head(self, x: torch.Tensor | PairGrid, retrieval_score: torch.Tensor | None = None) -> ModelOutput:
         """The shared part, towers and task heads on encoded pairs ([N, out_dim] or a PairGrid of N pairs);

@@ -77,9 +77,15 @@ class TargetAttention(nn.Module):
         w_h, w_t, w_d, w_p = self.first.weight.split(d, dim=1)  # each [H, d]
         per_user = history @ (w_h + w_d).T  # [B, L, H]
         per_item = target @ (w_t - w_d).T + self.first.bias  # [B|1, I, H]
-        # (h * t) W_p = t (diag(h) W_p): one [I, d] x [d, L * H] product per user, never a [B, I, L, d] tensor
-        scaled = (history[..., None] * w_p.T).permute(0, 2, 1, 3).reshape(b, d, length * w_p.shape[0])
-        product = (target.expand(b, -1, -1) @ scaled).view(b, target.shape[1], length, -1)  # [B, I, L, H]
+        hidden = w_p.shape[0]
+        if target.shape[1] > hidden:
+            # A grid (many candidates per user): (h * t) W_p = t (diag(h) W_p), one [I, d] x [d, L * H]
+            # product per user and no [B, I, L, d] tensor. Not for one target per row (training, pairs): there
+            # diag(h) W_p would be [B, d, L * H], H times the history itself.
+            scaled = (history[..., None] * w_p.T).permute(0, 2, 1, 3).reshape(b, d, length * hidden)
+            product = (target.expand(b, -1, -1) @ scaled).view(b, target.shape[1], length, hidden)
+        else:
+            product = (history[:, None, :, :] * target[:, :, None, :]) @ w_p.T  # [B, I, L, H]
         hidden = self.act(per_user[:, None] + per_item[:, :, None] + product)
         weights = (1.0 + self.out(hidden).squeeze(-1)) * mask[:, None, :]  # [B, I, L]
         pooled = torch.einsum("bil,bld->bid", weights.to(history.dtype), history)
@@ -138,18 +144,21 @@ class InputEncoder(nn.Module):
 
     def grid_features(self, user: UserPart, item: ItemPart) -> PairGrid:
         """Every user of a block against every item, as a factorised `PairGrid` (B x I pairs, user-major)."""
-        return self._grid(user, item.vector[None], item.target[None])
+        return self._grid(user, item, None)
 
     def candidate_features(self, user: UserPart, item: ItemPart, candidates: torch.Tensor) -> PairGrid:
         """Each user of a block against its own N candidates (item rows [B, N]), as a `PairGrid`."""
-        return self._grid(user, item.vector[candidates], item.target[candidates])
+        return self._grid(user, item, candidates)
 
-    def _grid(self, user: UserPart, vectors: torch.Tensor, targets: torch.Tensor) -> PairGrid:
+    def _grid(self, user: UserPart, item: ItemPart, candidates: torch.Tensor | None) -> PairGrid:
         pooled = None
         if self.attention is not None:
+            targets = item.target[None] if candidates is None else item.target[candidates]
             pooled = self.attention(user.history, user.history_mask, targets)  # [B, N, d]
         # With DIN the pooled history sits right after the user id embedding (see pair_features).
-        return PairGrid(user.static, pooled, vectors, self.user_embedding.embedding_dim, self.user_dim)
+        return PairGrid(
+            user.static, pooled, item.vector, candidates, self.user_embedding.embedding_dim, self.user_dim
+        )
 
 
 class PairGrid:
@@ -167,15 +176,15 @@ class PairGrid:
         user: torch.Tensor,
         pooled: torch.Tensor | None,
         items: torch.Tensor,
+        candidates: torch.Tensor | None,
         pooled_at: int,
         user_dim: int,
     ):
-        self.user, self.pooled, self.items = user, pooled, items  # [B, Du], [B, N, d] | None, [B|1, N, Di]
+        self.user, self.pooled, self.items = user, pooled, items  # [B, Du], [B, N, d] | None, [I, Di]
+        self.candidates = candidates  # [B, N] item rows of each user's pairs; None: every item
         self.pooled_at, self.user_dim = pooled_at, user_dim
-        self.b, self.n = user.shape[0], items.shape[1]
-
-    def __len__(self) -> int:
-        return self.b * self.n
+        self.b = user.shape[0]
+        self.n = items.shape[0] if candidates is None else candidates.shape[1]
 
     def project(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """[B * N, out] = pair_features @ weight + bias, for weight [in, out]."""
@@ -185,7 +194,9 @@ class PairGrid:
         else:
             d, at = self.pooled.shape[-1], self.pooled_at
             user_w = torch.cat([weight[:at], weight[at + d : self.user_dim]])
-        out = (self.user @ user_w)[:, None, :] + self.items @ item_w  # [B, N, out]
+        per_item = self.items @ item_w  # [I, out]: once per item, gathered for candidates
+        per_item = per_item[None] if self.candidates is None else per_item[self.candidates]
+        out = (self.user @ user_w)[:, None, :] + per_item  # [B, N, out]
         if self.pooled is not None:
             out = out + self.pooled @ weight[self.pooled_at : self.pooled_at + self.pooled.shape[-1]]
         if bias is not None:

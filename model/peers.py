@@ -277,8 +277,11 @@ def given_parent(frame: pd.DataFrame, task: TaskConfig) -> np.ndarray:
 
 
 def judged_event_types(cfg: Config) -> list[str]:
-    """The top-level tasks' events: the engagement a ranking is judged on (every such event counts)."""
-    return sorted({e for t in cfg.tasks if t.parent is None for e in t.label.event_types})
+    """The top-level tasks' events: the engagement a ranking is judged on (every such event counts). A
+    retrieval task only picks candidates: its events do not define what a hit is."""
+    return sorted(
+        {e for t in cfg.tasks if t.parent is None and t.type != "retrieval" for e in t.label.event_types}
+    )
 
 
 def evaluate_night(

@@ -19,7 +19,8 @@ name them.
 The ranking score is `cfg.scoring.blend`, an arithmetic expression over task names. It comes from a
 config file, so it is parsed with `ast` and only numbers, task names, + - * / **, unary minus and the
 functions log and exp are accepted: no `eval` of configuration text. log is taken of max(x, 1e-30), so a
-probability that underflows to 0 gives a very low score rather than -inf. A retrieval task's value is a
+probability that underflows to 0 gives a very low score rather than -inf, and exp of min(x, 80), so a large
+retrieval score cannot overflow to inf. A retrieval task's value is a
 logit-like score: `log(engage) + match` multiplies the probability by exp(match).
 """
 
@@ -51,7 +52,7 @@ Blend = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 _FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "log": lambda x: torch.log(x.clamp(min=1e-30)),
-    "exp": torch.exp,
+    "exp": lambda x: torch.exp(x.clamp(max=80.0)),  # e^80 ~ 5e34: large, still finite in float32
 }
 
 _BINARY_OPS: dict[type[ast.operator], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -102,7 +103,7 @@ def _check(node: ast.expr, names: list[str], expression: str) -> None:
         case ast.Name(id=name):
             if name not in names:
                 raise ValueError(
-                    f"scoring.blend {expression!r}: {name!r} is not a binary or regression task; "
+                    f"scoring.blend {expression!r}: {name!r} is not a binary, regression or retrieval task; "
                     f"those are: {names}"
                 )
         case _:

@@ -13,7 +13,9 @@ Two things make a nightly run cheaper to repeat:
   with the same weights as an uninterrupted run; the file is deleted when the model directory is written.
 
 The same loop trains data-parallel (model/train_ddp.py): every rank walks the same seeded permutation
-and takes its slice of each batch, so the ranks together see the batches a single process would.
+and takes its slice of each batch, so the ranks together see the batches a single process would. A
+retrieval task's in-batch softmax then draws its negatives from the rank's slice only (batch / world of
+them): the same objective with fewer sampled negatives, not the single-process loss.
 """
 
 from __future__ import annotations

@@ -88,7 +88,8 @@ class TaskConfig(Strict):
         "binary",
         description="binary: 1 when the rule matches (BCE); regression: the matching event's value; "
         "multiclass: a distribution over the category vocabulary (cross-entropy), from a categories source; "
-        "retrieval: a two-tower score (user vector . item vector) trained with in-batch sampled softmax and "
+        "retrieval: a two-tower score (cosine of user and item vectors / temperature) trained with in-batch "
+        "sampled softmax and "
         "logQ correction on the examples where the rule matches; it picks the candidates of two-stage scoring.",
     )
     regression_loss: Literal["mse", "huber"] = Field(
@@ -123,6 +124,8 @@ class TaskConfig(Strict):
             raise ValueError(f"task {self.name!r}: label.event_types must name at least one event type")
         if self.type == "retrieval" and self.parent is not None:
             raise ValueError(f"task {self.name!r}: a retrieval task has no ESMM parent")
+        if self.parent_loss == "conditional" and self.parent is None:
+            raise ValueError(f"task {self.name!r}: parent_loss = 'conditional' needs a parent")
         return self
 
     @property
@@ -272,14 +275,6 @@ class ScoringConfig(Strict):
         500, ge=1, description="Two-stage scoring: candidates per user from the retrieval stage."
     )
 
-    @model_validator(mode="after")
-    def _candidates_cover_top_k(self) -> ScoringConfig:
-        if self.retrieval_candidates < self.top_k:
-            raise ValueError(
-                f"scoring.retrieval_candidates ({self.retrieval_candidates}) must be at least top_k ({self.top_k})"
-            )
-        return self
-
 
 class NotifyConfig(Strict):
     webhook_url: str | None = Field(
@@ -377,6 +372,14 @@ class Config(Strict):
         retrieval = [t.name for t in self.tasks if t.type == "retrieval"]
         if len(retrieval) > 1:
             raise ValueError(f"at most one retrieval task (it picks the candidates); got {retrieval}")
+        if retrieval and self.scoring.retrieval_candidates < self.scoring.top_k:
+            raise ValueError(
+                f"scoring.retrieval_candidates ({self.scoring.retrieval_candidates}) must be at least "
+                f"top_k ({self.scoring.top_k})"
+            )
+        if retrieval and self.model.loss_weighting == "gradnorm":
+            # The retrieval towers bypass the shared layer GradNorm balances: its gradient there is always 0.
+            raise ValueError("model.loss_weighting = 'gradnorm' does not apply to a retrieval task")
         return self
 
     def task_names(self) -> list[str]:

@@ -185,6 +185,17 @@ def test_config_rejects_what_retrieval_cannot_do(tmp_path: Path) -> None:
         _config(tmp_path, [MATCH, {"name": "buy", "label": {"event_types": ["purchase"]}, "parent": "match"}])
     with pytest.raises(pydantic.ValidationError, match="retrieval_candidates"):
         _config(tmp_path, [MATCH], top_k=20, retrieval_candidates=10)
+    assert (
+        _config(tmp_path, [], top_k=20, retrieval_candidates=10).scoring.top_k == 20
+    )  # no retrieval: unused
+    with pytest.raises(pydantic.ValidationError, match="gradnorm"):
+        Config.model_validate(
+            {**_config(tmp_path, [MATCH]).model_dump(mode="json"), "model": {"loss_weighting": "gradnorm"}}
+        )
+    with pytest.raises(pydantic.ValidationError, match="needs a parent"):
+        _config(
+            tmp_path, [{"name": "buy", "label": {"event_types": ["purchase"]}, "parent_loss": "conditional"}]
+        )
     cfg = _config(tmp_path, [MATCH]).model_copy()
     cfg.evaluation.primary_metric = "match.auc"
     assert primary_metric(cfg) == "match.auc"
