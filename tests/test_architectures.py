@@ -407,7 +407,7 @@ def test_multiclass_tasks_train_and_are_not_published(features_dir: Path, workdi
     blend_genre = cfg.model_copy(
         update={"scoring": cfg.scoring.model_copy(update={"blend": "click * genre"})}
     )
-    with pytest.raises(ValueError, match="'genre' is not a binary or regression task"):
+    with pytest.raises(ValueError, match="'genre' is not a binary, regression or retrieval task"):
         score_users(result.model_dir, features_dir, blend_genre, show_progress=False)
 
 

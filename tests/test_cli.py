@@ -289,7 +289,9 @@ def test_the_reference_documents_every_key_of_every_model():
             assert row in text, f"{model.__name__}.{name}"
             if info.description:
                 assert info.description.replace("|", "\\|") in text, f"{model.__name__}.{name}"
-    assert '| `type` | one of "binary", "regression", "multiclass" | `"binary"` |' in text, "Literal choices"
+    assert '| `type` | one of "binary", "regression", "multiclass", "retrieval" | `"binary"` |' in text, (
+        "Literal choices"
+    )
     assert "| `dropout` | float, ≥ 0.0, < 1.0 | `0.1` |" in text, "bounds"
     assert "| `event_types` | array of strings, at least 1 entry | required |" in text
     assert "## `tasks.label`" in text, "nested models get their own section"
