@@ -2,6 +2,8 @@
 
 Runs the real `nightly` flow in this process, as flows/backtest.py does, on a fresh workdir and warehouse
 (the script refuses to start if either already exists: remove them yourself, it never deletes anything).
+A run that fails, or is stopped (`--max-seconds`, Ctrl-C, SIGTERM), still writes the figures of the steps
+it reached, and the script then exits non-zero.
 
     python bench/night_steps.py --config configs/movielens.toml --landing var/ml1m/landing \\
         --date 2000-12-01 --workdir /tmp/nsbench/ml1m/work --warehouse /tmp/nsbench/ml1m/wh.duckdb \\
@@ -29,6 +31,7 @@ import os
 import platform
 import resource
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -176,8 +179,27 @@ class Sampler:
 # -- step windows and figures --------------------------------------------------------------------------------
 
 
-def task_windows(flow_run_id: str, wanted: set[str], wait_s: float = 60.0) -> dict[str, tuple[float, float]]:
-    """(start, end) as Unix times of the flow run's task runs, by task name.
+def find_flow_run(workdir: str) -> str | None:
+    """The id of the newest `nightly` flow run given `workdir`: a run that failed or was stopped returns no
+    result to read it from (the workdir is fresh, so the match is this script's run)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["nightly"])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=200,
+        )
+    return next((str(r.id) for r in runs if r.parameters.get("workdir") == workdir), None)
+
+
+def task_windows(
+    flow_run_id: str, wanted: set[str], ended: float, wait_s: float = 60.0
+) -> dict[str, tuple[float, float]]:
+    """(start, end) as Unix times of the flow run's task runs, by task name; a task run without an end (the
+    run was stopped in it) ends at `ended`.
 
     Prefect records task-run states from events, which may land a moment after the flow returns: read again
     until every wanted task has both times, or `wait_s` has passed.
@@ -190,12 +212,15 @@ def task_windows(flow_run_id: str, wanted: set[str], wait_s: float = 60.0) -> di
     while True:
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(flow_run_filter=flow_filter)
-        windows = {}
+        windows, complete = {}, set()
         for run in runs:
             name = run.name.rsplit("-", 1)[0]  # task runs are named "<task name>-<n>"
-            if run.start_time is not None and run.end_time is not None:
-                windows[name] = (run.start_time.timestamp(), run.end_time.timestamp())
-        if wanted <= windows.keys() or time.monotonic() > deadline:
+            if run.start_time is not None:
+                end = run.end_time.timestamp() if run.end_time is not None else ended
+                windows[name] = (run.start_time.timestamp(), min(end, ended))
+                if run.end_time is not None:
+                    complete.add(name)
+        if wanted <= complete or time.monotonic() > deadline:
             return windows
         time.sleep(1.0)
 
@@ -224,14 +249,20 @@ def in_window(samples: list[Sample], start: float, end: float) -> list[Sample]:
 
 
 def step_figures(
-    result: dict[str, Any], samples: list[Sample], windows: dict[str, tuple[float, float]], t0: float
+    timings: dict[str, float], samples: list[Sample], windows: dict[str, tuple[float, float]], t0: float
 ) -> list[dict[str, Any]]:
+    """One row per step that ran: its seconds as the flow timed them (Prefect's window where the flow did
+    not get to record them, e.g. the step a stopped run was in) and the peaks of the samples in its window."""
     rows = []
     for key, task_name in STEPS:
-        if key not in result["step_timings"]:
-            continue
-        row: dict[str, Any] = {"step": key, "task": task_name, "seconds": result["step_timings"][key]}
         window = windows.get(task_name)
+        if key not in timings and window is None:
+            continue
+        row: dict[str, Any] = {"step": key, "task": task_name}
+        if key in timings:
+            row["seconds"] = timings[key]
+        else:
+            row["seconds"], row["seconds_from"] = round(window[1] - window[0], 2), "prefect task run"
         if window is None:
             row["peak_mib"] = None  # Prefect did not record the task run's times: no memory figure
         else:
@@ -274,8 +305,11 @@ def _mib(value: float | None) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    status = report["status"]
+    if status != "published":
+        status += f" in step {report['steps'][-1]['step']}" if report["steps"] else " before the first step"
     lines = [
-        f"{report['label']}: nightly for {report['date']} ({report['command']})",
+        f"{report['label']}: nightly for {report['date']}, {status} ({report['command']})",
         "",
         "| step | seconds | peak MiB (tree) | Python MiB | JVM MiB | Prefect server MiB |",
         "|---|---:|---:|---:|---:|---:|",
@@ -330,6 +364,10 @@ def git_commit() -> str | None:
         return None
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def refuse_existing(*paths: Path) -> None:
     for path in paths:
         if path.exists():
@@ -349,6 +387,11 @@ def main() -> None:
     parser.add_argument("--warehouse", type=Path, required=True, help="fresh DuckDB file (must not exist)")
     parser.add_argument("--json", type=Path, required=True, help="where to write the figures")
     parser.add_argument("--label", help="name of the measurement (default: the landing directory)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        help="stop the run (SIGINT) after this long and report the steps it reached (default: no limit)",
+    )
     parser.add_argument("--interval", type=float, default=0.1, help="memory sampling period, s (default 0.1)")
     args = parser.parse_args()
     if not sys.platform.startswith("linux"):
@@ -366,25 +409,54 @@ def main() -> None:
         args.config, landing=args.landing, workdir=str(args.workdir), warehouse=str(args.warehouse)
     )
     command = shlex.join(["python", *sys.argv])
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped run still writes what it measured
+    stopper, fired = None, threading.Event()
+
+    def stop() -> None:
+        fired.set()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    if args.max_seconds:
+        stopper = threading.Timer(args.max_seconds, stop)
+        stopper.daemon = True
     load_before = os.getloadavg()
     t0 = time.time()
+    result: dict[str, Any] | None = None
+    error = None
     with Sampler(interval=args.interval) as sampler:
         start = time.perf_counter()
-        result = nightly(
-            config_path=args.config,
-            run_date=args.date,
-            landing=args.landing,
-            workdir=str(args.workdir),
-            warehouse=str(args.warehouse),
-            show_progress=False,
-        )
+        if stopper:
+            stopper.start()
+        try:
+            result = nightly(
+                config_path=args.config,
+                run_date=args.date,
+                landing=args.landing,
+                workdir=str(args.workdir),
+                warehouse=str(args.warehouse),
+                show_progress=False,
+            )
+        except BaseException as exc:  # noqa: BLE001 - a failed or stopped run is reported, then re-raised
+            error = exc
+        finally:
+            if stopper:
+                stopper.cancel()
         wall = time.perf_counter() - start
     load_after = os.getloadavg()
     samples = sampler.samples
 
-    windows = task_windows(result["run_id"], {t for k, t in STEPS if k in result["step_timings"]})
-    steps = step_figures(result, samples, windows, t0)
-    steps_seconds = sum(result["step_timings"].values())
+    if result is not None:
+        status, run_id, timings = result["status"], result["run_id"], result["step_timings"]
+    else:
+        # Spark may turn the interrupt into its own error: the timer's flag says whether it was a stop.
+        stopped = fired.is_set() or isinstance(error, KeyboardInterrupt)
+        status = "stopped" if stopped else "failed"
+        run_id, timings = find_flow_run(str(args.workdir)), {}
+        print(f"night_steps: the run {status} after {wall:.0f} s: {error!r}", file=sys.stderr)
+    wanted = {t for k, t in STEPS if k in timings}
+    windows = task_windows(run_id, wanted, t0 + wall, 60.0 if result else 5.0) if run_id else {}
+    steps = step_figures(timings, samples, windows, t0)
+    steps_seconds = sum(step["seconds"] for step in steps)
     gaps = [b.t - a.t for a, b in zip(samples, samples[1:], strict=False)]
     report = {
         "label": args.label or Path(args.landing).name,
@@ -396,10 +468,11 @@ def main() -> None:
         "date": args.date.isoformat(),
         "machine": machine(),
         "load_average": {"before": list(load_before), "after": list(load_after)},
-        "status": result["status"],
-        "model_version": result["model_version"],
-        "row_counts": result["row_counts"],
-        "rows_published": result["row_counts"].get("recommendations"),
+        "status": status,
+        "error": None if error is None else repr(error),
+        "model_version": result["model_version"] if result else None,
+        "row_counts": result["row_counts"] if result else {},
+        "rows_published": result["row_counts"].get("recommendations") if result else None,
         "steps": steps,
         "totals": {
             "wall_seconds": round(wall, 2),
@@ -427,6 +500,8 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"\nwritten {args.json}")
+    if error is not None:
+        sys.exit(f"night_steps: the nightly run {status}: {error!r}")
 
 
 if __name__ == "__main__":
