@@ -19,8 +19,10 @@ this process and of all its descendants (found from the parent pids in /proc/*/s
 JVM, its Python workers and Prefect's ephemeral server are children. The sum over processes counts the
 pages they share more than once, so it is an upper bound. Each sample is given to the step whose window
 holds it; the windows are the start and end times that Prefect recorded for the flow run's task runs. The
-Python process's own peak (getrusage ru_maxrss) is reported too. Linux only: psutil is not a dependency,
-so the process tree and its memory are read from /proc.
+Python process's own peak (getrusage ru_maxrss) is reported too, and the CPU seconds the tree used per
+step (utime + stime from /proc/<pid>/stat): on a shared machine the wall time depends on the other work,
+the CPU time much less, and CPU time / cores bounds what the step needs on an idle machine. Linux only:
+psutil is not a dependency, so the process tree, its memory and its CPU time are read from /proc.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ STEPS = [
     ("parquet_output", "parquet-output"),
 ]
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024  # KiB per MiB
 
 
@@ -66,6 +69,16 @@ def rss_kib(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/statm") as f:
             return int(f.read().split()[1]) * PAGE_KIB
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time `pid` has used (fields 14 and 15 of /proc/<pid>/stat); None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
     except (OSError, IndexError, ValueError):
         return None
 
@@ -122,6 +135,7 @@ class Sample:
     t: float  # time.time()
     total_kib: int
     by_component: dict[str, int]
+    cpu_by_component: dict[str, float]  # CPU seconds used so far, processes that ended included
 
 
 @dataclass
@@ -138,6 +152,7 @@ class Sampler:
     samples: list[Sample] = field(default_factory=list)
     cpu_seconds: float = 0.0
     _kinds: dict[int, str] = field(default_factory=dict)
+    _cpu: dict[int, tuple[str, float]] = field(default_factory=dict)  # last seen, per process
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -148,10 +163,15 @@ class Sampler:
     def sample(self) -> Sample:
         by: dict[str, int] = {}
         for pid, kind in self._kinds.items():
-            kib = rss_kib(pid)
+            kib, cpu = rss_kib(pid), cpu_seconds(pid)
             if kib is not None:
                 by[kind] = by.get(kind, 0) + kib
-        return Sample(time.time(), sum(by.values()), by)
+            if cpu is not None:
+                self._cpu[pid] = (kind, cpu)
+        cpu_by: dict[str, float] = {}
+        for kind, cpu in self._cpu.values():
+            cpu_by[kind] = cpu_by.get(kind, 0.0) + cpu
+        return Sample(time.time(), sum(by.values()), by, cpu_by)
 
     def _run(self) -> None:
         cpu0, refreshed = time.thread_time(), 0.0
@@ -237,6 +257,17 @@ def peaks(samples: list[Sample]) -> dict[str, Any]:
     }
 
 
+def cpu_used(samples: list[Sample], start: float, end: float) -> dict[str, Any]:
+    """CPU seconds the tree used between the samples nearest `start` and `end`, in all and per component:
+    more than the wall time means more than one core was busy for the run."""
+    first = min(samples, key=lambda s: abs(s.t - start))
+    last = min(samples, key=lambda s: abs(s.t - end))
+    by = {
+        k: round(v - first.cpu_by_component.get(k, 0.0), 1) for k, v in sorted(last.cpu_by_component.items())
+    }
+    return {"cpu_seconds": round(sum(by.values()), 1), "cpu_seconds_by_component": by}
+
+
 def in_window(samples: list[Sample], start: float, end: float) -> list[Sample]:
     """The samples taken inside [start, end]; for a window shorter than the sampling interval, the samples on
     either side of it (an upper bound)."""
@@ -269,6 +300,7 @@ def step_figures(
             row["window_s"] = [round(window[0] - t0, 2), round(window[1] - t0, 2)]
             row["prefect_seconds"] = round(window[1] - window[0], 2)
             row.update(peaks(in_window(samples, *window)))
+            row.update(cpu_used(samples, *window))
         rows.append(row)
     return rows
 
@@ -304,6 +336,10 @@ def _mib(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
 
+def _cpu(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.1f}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     status = report["status"]
     if status != "published":
@@ -311,14 +347,15 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"{report['label']}: nightly for {report['date']}, {status} ({report['command']})",
         "",
-        "| step | seconds | peak MiB (tree) | Python MiB | JVM MiB | Prefect server MiB |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| step | seconds | CPU s (tree) | peak MiB (tree) | Python MiB | JVM MiB | Prefect server MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
 
     def row(name: str, seconds: float, fig: dict[str, Any]) -> str:
         comp = fig.get("peak_mib_by_component", {})
         return (
-            f"| {name} | {seconds:.1f} | {_mib(fig.get('peak_mib'))} | {_mib(comp.get('python'))} "
+            f"| {name} | {seconds:.1f} | {_cpu(fig.get('cpu_seconds'))} | {_mib(fig.get('peak_mib'))} "
+            f"| {_mib(comp.get('python'))} "
             f"| {_mib(comp.get('jvm'))} | {_mib(comp.get('prefect_server'))} |"
         )
 
@@ -480,6 +517,7 @@ def main() -> None:
             "overhead_seconds": round(wall - steps_seconds, 2),
             "overhead_parts": overhead_parts(windows, t0, wall),
             **peaks(samples),
+            **cpu_used(samples, samples[0].t, samples[-1].t),
             "outside_steps": peaks(outside_steps(samples, windows) or samples[:1]),
             "python_ru_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MIB, 1),
             "jvm_first_seen_s": first_seen(samples, "jvm", t0),
@@ -494,6 +532,8 @@ def main() -> None:
             [round(s.t - t0, 2), round(s.total_kib / MIB, 1)] for s in samples[:: max(1, len(samples) // 600)]
         ],
     }
+    steps_cpu = sum(step.get("cpu_seconds") or 0.0 for step in steps)
+    report["totals"]["outside_steps"]["cpu_seconds"] = round(report["totals"]["cpu_seconds"] - steps_cpu, 1)
     table = markdown(report)
     print("\n" + table)
     report["markdown"] = table
