@@ -1,4 +1,4 @@
-"""The whole nightly run, per step: wall time and peak memory (the process and everything it starts).
+"""The whole nightly run, per step: wall time, CPU time and peak memory (the process and all it starts).
 
 Runs the real `nightly` flow in this process, as flows/backtest.py does, on a fresh workdir and warehouse
 (the script refuses to start if either already exists: remove them yourself, it never deletes anything).
