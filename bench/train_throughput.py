@@ -60,9 +60,12 @@ def main() -> None:
             # Mean history pooling and no item text: the inputs torch-rechub's models take.
             "history_pooling": "mean",
             "text_encoder": "none",
+            "refit": False,  # the training passes are what is timed, once
         }
     )
-    base = base.model_copy(update={"model": model})
+    # torch-rechub's multi-task models have binary towers only: a retrieval task has no counterpart there.
+    tasks = [t for t in base.tasks if t.type != "retrieval"]
+    base = base.model_copy(update={"model": model, "tasks": tasks})
     data = load_training_data(args.features, base, args.run_date)
     n_train = len(data.train)
     rows = []

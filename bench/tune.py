@@ -46,6 +46,20 @@ def variant_configs(base: Config, path: Path | None) -> dict[str, Config]:
     """`base` as "base" plus one validated config per table of the variants file."""
     raw = base.model_dump(mode="json")
     variants = tomllib.loads(path.read_text()) if path else {}
+    for name, override in variants.items():
+        # Every variant trains on the nights' features as the base config built them: other feature
+        # settings or labels would silently not apply.
+        fixed = sorted(set(override) & {"data", "spark", "features", "validation"})
+        if fixed:
+            raise SystemExit(
+                f"variant {name!r} overrides {fixed}: the features come from the base config's nights"
+            )
+        tasks = override.get("tasks")
+        base_labels = {t.name: t.label for t in base.tasks}
+        if tasks is not None and any(base_labels.get(t.get("name")) is None for t in tasks):
+            raise SystemExit(
+                f"variant {name!r}: every task must be one of the base config's {list(base_labels)}"
+            )
     return {"base": base, **{n: Config.model_validate(merged(raw, o)) for n, o in variants.items()}}
 
 

@@ -9,14 +9,20 @@ old date never compares with (or falls back to) a model trained on later data.
 Both models are scored by the same code on the same examples: the new run's validation slice (its last
 `model.validation_days` days), each model through its own vocabularies and feature scaling. A figure the
 new model's training loop reported is never compared with one computed another way.
+
+With `model.refit` a published model has also trained on its validation slice, so neither of its figures on
+that slice would be held out: the candidate is judged through its held-out twin (`<version>.heldout`, the
+model early stopping chose), and when the champion was itself refit, both are judged only on the slice's
+days from the champion's run date on, which neither has seen.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +30,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from model.checkpoint import load_model
+from model.checkpoint import META_FILE, load_model
 from model.data import FeatureLayout, example_tensors, item_text, read_features, split_by_day, text_cache_dir
 from model.metrics import log_loss, task_metrics
+from model.train import heldout_version
 from nightrec import schema
 from nightrec.config import Config
 
@@ -47,6 +54,9 @@ class Verdict:
     champion_value: float | None = None
     candidate_metrics: dict[str, Any] = field(default_factory=dict)
     champion_metrics: dict[str, Any] = field(default_factory=dict)
+    judged_from: str | None = (
+        None  # the first validation day judged, when a refit champion saw the earlier ones
+    )
 
     @property
     def published_version(self) -> str:
@@ -94,8 +104,12 @@ def metric_value(metrics: dict[str, Any], name: str) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def validation_metrics(model_dir: Path, features_dir: Path, cfg: Config, run_date: date) -> dict[str, Any]:
+def validation_metrics(
+    model_dir: Path, features_dir: Path, cfg: Config, run_date: date, from_day: date | None = None
+) -> dict[str, Any]:
     """The model of `model_dir` on the validation slice of the run's features: per-task metrics and val_loss.
+
+    `from_day`: only the slice's days on or after it (the days a refit champion has not trained on).
 
     val_loss is the task-weighted sum of the per-task losses computed from the predictions (log loss for
     binary tasks, squared error for regression, cross-entropy for multiclass), so it does not depend on how a model computes its own loss.
@@ -106,7 +120,10 @@ def validation_metrics(model_dir: Path, features_dir: Path, cfg: Config, run_dat
     if tasks != cfg.task_names():
         raise ValueError(f"the model's tasks {tasks} are not the config's {cfg.task_names()}")
     examples = read_features(features_dir, schema.EXAMPLES)
-    _, val_rows = split_by_day(examples.column(schema.DAY).to_numpy(), run_date, cfg.model.validation_days)
+    days = examples.column(schema.DAY).to_numpy()
+    _, val_rows = split_by_day(days, run_date, cfg.model.validation_days)
+    if from_day is not None:
+        val_rows = val_rows[days[val_rows] >= np.datetime64(from_day, "D")]
     val = examples.take(pa.array(val_rows))
     layout = FeatureLayout.from_dict(meta["layout"])
     # Each model reads item text through its own encoder settings (the encoder's cache is shared).
@@ -173,6 +190,23 @@ def published_version(store: Any, run_date: date) -> str | None:
     return rows[0][0] if rows else None
 
 
+def _meta(model_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(model_dir) / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def trained_before(model_dir: Path) -> date | None:
+    """The first day a model has not trained on: its run date when refit, else its validation cutoff."""
+    meta = _meta(model_dir)
+    try:
+        window = meta["data_window"]
+        return date.fromisoformat(window["run_date"] if meta.get("refit") else window["validation_from"])
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
 def _better_or_close(candidate: float, champion: float, metric: str, tolerance: float) -> bool:
     if metric.rsplit(".", 1)[-1] in LOWER_IS_BETTER:
         return candidate <= champion + tolerance
@@ -196,7 +230,17 @@ def judge(
     """
     metric, tolerance = primary_metric(cfg), cfg.evaluation.tolerance
     base = {"metric": metric, "tolerance": tolerance, "candidate_version": candidate_version}
-    candidate = validation_metrics(candidate_dir, features_dir, cfg, run_date)
+    # A refit candidate has trained on the validation slice: its held-out twin stands for it. A refit champion
+    # has trained on the slice's days before its own run date: both are judged on the days after that only.
+    heldout = Path(candidate_dir).parent / heldout_version(Path(candidate_dir).name)
+    judged_dir = heldout if (_meta(candidate_dir) or {}).get("refit") else Path(candidate_dir)
+    from_day = None
+    if champion_version is not None and champion_version != candidate_version:
+        champion_from = trained_before(model_root / champion_version)
+        if champion_from is not None and champion_from > run_date - timedelta(days=cfg.model.validation_days):
+            from_day = champion_from
+            base["judged_from"] = from_day.isoformat()
+    candidate = validation_metrics(judged_dir, features_dir, cfg, run_date, from_day)
     new = metric_value(candidate, metric)
     base.update(candidate_metrics=candidate, candidate_value=new, champion_version=champion_version)
     if champion_version is None:
@@ -206,7 +250,7 @@ def judge(
             True, "the candidate is the champion itself (a rerun of the same data and config)", **base
         )
     try:
-        champion = validation_metrics(model_root / champion_version, features_dir, cfg, run_date)
+        champion = validation_metrics(model_root / champion_version, features_dir, cfg, run_date, from_day)
     except (OSError, ValueError, RuntimeError, KeyError, IndexError, pickle.UnpicklingError) as exc:
         return Verdict(True, f"the champion {champion_version} cannot be scored here: {exc}", **base)
     old = metric_value(champion, metric)

@@ -325,6 +325,20 @@ class TensorGroup:
     def to(self, device: torch.device | str) -> Self:
         return self.apply(lambda t: t.to(device, non_blocking=True))
 
+    @classmethod
+    def cat(cls, groups: list[Self]) -> Self:
+        """The rows of `groups` one after the other (groups of the same type, with the same optional parts)."""
+
+        def one(values: list):
+            if values[0] is None:
+                return None
+            if isinstance(values[0], TensorGroup):
+                return type(values[0]).cat(values)
+            return torch.cat(values)
+
+        kind = type(groups[0])
+        return kind(**{f.name: one([getattr(g, f.name) for g in groups]) for f in fields(kind)})  # type: ignore[arg-type]
+
     def __len__(self) -> int:
         first = getattr(self, fields(self)[0].name)  # type: ignore[arg-type]
         return len(first)

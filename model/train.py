@@ -257,8 +257,11 @@ def _evaluate(
         preds.append(out.predictions.cpu())
         class_probs.append(torch.softmax(out.class_logits, dim=-1).cpu())
     task_losses = loss_sums / label_counts.clamp(min=1.0)
+    # A retrieval loss depends on which positives share a batch: logged per task, kept out of the figure
+    # early stopping compares (as the champion gate's val_loss keeps it out).
+    per_example = torch.tensor([t.type != "retrieval" for t in model.spec.tasks], device=task_losses.device)
     return _Evaluation(
-        loss=float((task_losses * model.task_weights).sum()),
+        loss=float((task_losses * model.task_weights * per_example).sum()),
         task_losses=task_losses.tolist(),
         gate_mean=None if gate_sum is None else (gate_sum / len(data)).tolist(),
         predictions=torch.cat(preds),
@@ -315,6 +318,83 @@ def _state_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def heldout_version(version: str) -> str:
+    """The directory name of a refit model's held-out twin: the model early stopping chose."""
+    return f"{version}.heldout"
+
+
+def _start(
+    spec: ModelSpec,
+    cfg: Config,
+    data: TrainingData,
+    examples: ExampleTensors,
+    warm_from: Path | None,
+    device: torch.device,
+) -> tuple[MultiTaskModel, Balancer, torch.optim.Optimizer, torch.Generator, dict[str, Any] | None]:
+    """A seeded model (warm-started when asked), its loss balancer, optimizer and shuffling generator."""
+    mc = cfg.model
+    torch.manual_seed(mc.seed)
+    model = build_model(spec).to(device)
+    warm_summary = warm_start(model, warm_from, data.vocab) if warm_from is not None else None
+    if model.retrieval_task is not None:
+        model.set_sampling_distribution(positives_per_item(examples, model.retrieval_task, spec.n_items))
+    balancer = make_balancer(mc, model, len(cfg.tasks))
+    optimizer = torch.optim.AdamW(
+        [{"params": model.parameters()}, {"params": balancer.parameters(), "weight_decay": 0.0}],
+        lr=mc.learning_rate,
+        weight_decay=mc.weight_decay,
+    )
+    # A CPU generator: the same permutations whichever device trains, and on every rank.
+    generator = torch.Generator().manual_seed(mc.seed)
+    return model, balancer, optimizer, generator, warm_summary
+
+
+def _refit(
+    spec: ModelSpec,
+    cfg: Config,
+    data: TrainingData,
+    warm_from: Path | None,
+    device: torch.device,
+    epochs: int,
+    shard: Shard,
+    show_progress: bool,
+) -> tuple[MultiTaskModel, dict[str, Any]]:
+    """Train again from the same start on train + validation examples for the chosen number of epochs.
+
+    The validation days are the newest behaviour, the peers learn from them and so should the published
+    model; early stopping has already used them to choose `epochs`. Not resumable: a rerun after a crash
+    resumes the selection (already finished) and refits again.
+    """
+    mc = cfg.model
+    examples = TensorGroup.cat([data.train, data.val]).to(device)
+    model, balancer, optimizer, generator, _ = _start(spec, cfg, data, examples, warm_from, device)
+    forward: nn.Module = model
+    if shard.world > 1:
+        ids = [torch.cuda.current_device()] if device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    names = cfg.task_names()
+    history = []
+    for epoch in range(1, epochs + 1):
+        losses = _train_epoch(
+            model,
+            balancer,
+            forward,
+            optimizer,
+            examples,
+            mc.batch_size,
+            generator,
+            device,
+            mc.cpu_bf16,
+            shard,
+            f"refit {epoch}/{epochs}",
+            show_progress and shard.is_main,
+        )
+        history.append({"epoch": epoch, **{f"train_{n}": v for n, v in zip(names, losses, strict=True)}})
+        log.info("refit epoch %d/%d on %d examples: %s", epoch, epochs, len(examples), history[-1])
+    summary = {"epochs": epochs, "n_examples": len(examples), "history": history}
+    return model, summary
+
+
 def train_model(
     features_dir: Path,
     cfg: Config,
@@ -362,21 +442,9 @@ def train_model(
     )
 
     with _deterministic_kernels(device):
-        torch.manual_seed(mc.seed)
-        model = build_model(spec).to(device)
-        warm_summary = warm_start(model, warm_from, data.vocab) if warm_from is not None else None
-        if model.retrieval_task is not None:
-            model.set_sampling_distribution(
-                positives_per_item(data.train, model.retrieval_task, spec.n_items)
-            )
-        balancer = make_balancer(mc, model, len(names))
-        optimizer = torch.optim.AdamW(
-            [{"params": model.parameters()}, {"params": balancer.parameters(), "weight_decay": 0.0}],
-            lr=mc.learning_rate,
-            weight_decay=mc.weight_decay,
+        model, balancer, optimizer, generator, warm_summary = _start(
+            spec, cfg, data, data.train, warm_from, device
         )
-        # A CPU generator: the same permutations whichever device trains, and on every rank.
-        generator = torch.Generator().manual_seed(mc.seed)
         progress = _Progress()
         saved = load_resume(resume_file) if resume else None
         if saved is not None and saved["fingerprint"] != fingerprint:
@@ -456,6 +524,12 @@ def train_model(
             )
         model.load_state_dict(progress.best_state)
         final = _evaluate(model, val, mc.batch_size, device, mc.cpu_bf16)
+        refit = None
+        if mc.refit:
+            heldout = model
+            model, refit = _refit(
+                spec, cfg, data, warm_from, device, progress.best_epoch, shard, show_progress
+            )
 
     metrics = {
         "val_loss": final.loss,
@@ -488,6 +562,9 @@ def train_model(
         "precision": "bf16" if device.type == "cuda" or mc.cpu_bf16 else "fp32",
         "warm_start": warm_summary,
         "resumed_after_epoch": resumed_after,
+        # Refit: this model trained on every example before the run date; `metrics` are the held-out
+        # figures of the model early stopping chose, saved beside it as <version>.heldout (the gate's).
+        "refit": refit,
         "torch_version": torch.__version__,
     }
     if shard.world > 1:
@@ -502,6 +579,11 @@ def train_model(
         }
     model_dir = Path(model_root) / version
     if shard.is_main:
+        if refit is not None:
+            heldout_meta = {**meta, "refit": None, "heldout_of": version}
+            save_model(
+                heldout, data.layout, data.vocab, heldout_meta, Path(model_root), heldout_version(version)
+            )
         model_dir = save_model(model, data.layout, data.vocab, meta, Path(model_root), version)
         remove_resume(resume_file)
         log.info("model %s written to %s: %s", version, model_dir, json.dumps(metrics["tasks"]))

@@ -242,6 +242,13 @@ class ModelConfig(Strict):
     validation_days: int = Field(
         3, ge=1, description="The last days before the run date form the validation slice."
     )
+    refit: bool = Field(
+        False,
+        description="After early stopping has chosen the epoch count on the validation slice, train again "
+        "from the same start on every example up to the run date for that many epochs, and publish that model "
+        "(the newest days are the most telling; the peers see them too). Held-out figures stay those of the "
+        "first model.",
+    )
     seed: int = Field(
         42,
         description="Seed of initialisation and shuffling: same data and seed, same model on a given device.",

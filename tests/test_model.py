@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from model.architectures import build_model
+from model.champion import judge, trained_before, validation_metrics
 from model.checkpoint import (
     MANIFEST_FILE,
     META_FILE,
@@ -43,7 +44,7 @@ from model.data import (
 from model.metrics import roc_auc, task_metrics
 from model.score import compile_blend, score_users
 from model.spec import ModelSpec, TaskSpec
-from model.train import train_model
+from model.train import heldout_version, train_model
 from nightrec import schema
 from nightrec.config import Config
 
@@ -261,6 +262,47 @@ def test_training_is_deterministic_for_a_seed(
     second = torch.load(again.model_dir / MODEL_FILE, weights_only=True)
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_refit_trains_again_on_every_day_and_keeps_the_chosen_model_as_its_held_out_twin(
+    trained, features_dir: Path, workdir: Path, tmp_path: Path
+) -> None:
+    cfg = make_config(workdir, refit=True)
+    refit = train_model(features_dir, cfg, RUN_DATE, tmp_path, show_progress=False)
+    _, meta, _ = load_model(refit.model_dir)
+    best = trained.metrics["best_epoch"]
+    assert meta["refit"]["epochs"] == best and len(meta["refit"]["history"]) == best
+    assert meta["refit"]["n_examples"] == trained.n_train + trained.n_val
+    # The held-out twin is the model early stopping chose: the same weights as training without refit.
+    heldout_dir = tmp_path / heldout_version(refit.version)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([refit.version, heldout_dir.name])
+    twin = torch.load(heldout_dir / MODEL_FILE, weights_only=True)
+    chosen = torch.load(trained.model_dir / MODEL_FILE, weights_only=True)
+    assert all(torch.equal(twin[k], chosen[k]) for k in chosen)
+    assert refit.metrics == trained.metrics  # the held-out figures are the chosen model's
+    published = torch.load(refit.model_dir / MODEL_FILE, weights_only=True)
+    assert not all(torch.equal(published[k], chosen[k]) for k in chosen)
+
+
+def test_the_gate_judges_a_refit_candidate_by_its_twin_on_days_a_refit_champion_has_not_seen(
+    features_dir: Path, workdir: Path, tmp_path: Path
+) -> None:
+    cfg = make_config(workdir, refit=True, epochs=2)
+    yesterday = RUN_DATE - timedelta(days=1)
+    champion = train_model(features_dir, cfg, yesterday, tmp_path, show_progress=False)
+    candidate = train_model(features_dir, cfg, RUN_DATE, tmp_path, show_progress=False)
+    assert trained_before(champion.model_dir) == yesterday
+    verdict = judge(
+        cfg, RUN_DATE, features_dir, candidate.model_dir, candidate.version, champion.version, tmp_path
+    )
+    assert verdict.judged_from == yesterday.isoformat()
+    twin = validation_metrics(
+        tmp_path / heldout_version(candidate.version), features_dir, cfg, RUN_DATE, yesterday
+    )
+    old = validation_metrics(champion.model_dir, features_dir, cfg, RUN_DATE, yesterday)
+    assert verdict.candidate_metrics == twin and verdict.champion_metrics == old
+    whole = validation_metrics(candidate.model_dir, features_dir, cfg, RUN_DATE)
+    assert old["n_val"] < whole["n_val"]  # only the last day of the three validation days is judged
 
 
 def test_loaded_model_reproduces_the_validation_metrics(trained, features_dir: Path, cfg: Config) -> None:
