@@ -97,7 +97,7 @@ def bench_architecture(cfg: Config, features: Path, run_date: date, root: Path) 
 
 def variant(cfg: Config, architecture: str) -> Config:
     raw = cfg.model_dump(mode="json")
-    raw["model"].update({"architecture": architecture, "epochs": 1, "device": "cpu"})
+    raw["model"].update({"architecture": architecture, "epochs": 1, "refit": False, "device": "cpu"})
     return Config.model_validate(raw)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from model.checkpoint import META_FILE, load_model
+from model.checkpoint import META_FILE, load_model, trained_before
 from model.data import FeatureLayout, example_tensors, item_text, read_features, split_by_day, text_cache_dir
 from model.metrics import log_loss, task_metrics
 from model.train import heldout_version
@@ -194,16 +194,6 @@ def _meta(model_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((Path(model_dir) / META_FILE).read_text())
     except (OSError, ValueError):
-        return None
-
-
-def trained_before(model_dir: Path) -> date | None:
-    """The first day a model has not trained on: its run date when refit, else its validation cutoff."""
-    meta = _meta(model_dir)
-    try:
-        window = meta["data_window"]
-        return date.fromisoformat(window["run_date"] if meta.get("refit") else window["validation_from"])
-    except (TypeError, KeyError, ValueError):
         return None
 
 

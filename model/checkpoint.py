@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,16 @@ def remove_resume(path: Path) -> None:
     path = Path(path)
     for stale in (path, path.with_name(path.name + ".tmp")):
         stale.unlink(missing_ok=True)
+
+
+def trained_before(model_dir: Path) -> date | None:
+    """The first day a model has not trained on: its run date when refit, else its validation cutoff.
+
+    None when the model directory or its meta.json cannot be read.
+    """
+    try:
+        meta = json.loads((Path(model_dir) / META_FILE).read_text())
+        window = meta["data_window"]
+        return date.fromisoformat(window["run_date"] if meta.get("refit") else window["validation_from"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None

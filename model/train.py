@@ -38,7 +38,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from model.architectures import MultiTaskModel, build_model
-from model.checkpoint import load_resume, remove_resume, resume_path, save_model, save_resume
+from model.checkpoint import (
+    load_resume,
+    remove_resume,
+    resume_path,
+    save_model,
+    save_resume,
+    trained_before,
+)
 from model.data import ExampleTensors, TensorGroup, TrainingData, load_training_data
 from model.device import precision, resolve_device
 from model.metrics import task_metrics
@@ -430,6 +437,12 @@ def train_model(
             "use fixed weights with torchrun"
         )
     warm_from = None if warm_start_from is None else Path(warm_start_from)
+    cutoff = run_date - timedelta(days=mc.validation_days)
+    if warm_from is not None and mc.refit and (trained_before(warm_from) or run_date) > cutoff:
+        # A refit champion has trained on (part of) this run's validation slice: starting from it would
+        # leak that slice into early stopping and into the held-out figures the gate compares.
+        log.info("not starting from %s: it has trained on days after %s (refit)", warm_from.name, cutoff)
+        warm_from = None
     version = model_version(cfg, run_date, data, None if warm_from is None else warm_from.name)
     resume_file = resume_path(model_root, version)
     fingerprint = _inputs_fingerprint(version, data, shard)

@@ -290,7 +290,11 @@ def test_the_gate_judges_a_refit_candidate_by_its_twin_on_days_a_refit_champion_
     cfg = make_config(workdir, refit=True, epochs=2)
     yesterday = RUN_DATE - timedelta(days=1)
     champion = train_model(features_dir, cfg, yesterday, tmp_path, show_progress=False)
-    candidate = train_model(features_dir, cfg, RUN_DATE, tmp_path, show_progress=False)
+    # Asked to warm-start from a refit champion that trained on its validation days, it starts fresh.
+    candidate = train_model(
+        features_dir, cfg, RUN_DATE, tmp_path, show_progress=False, warm_start_from=champion.model_dir
+    )
+    assert load_model(candidate.model_dir)[1]["warm_start"] is None
     assert trained_before(champion.model_dir) == yesterday
     verdict = judge(
         cfg, RUN_DATE, features_dir, candidate.model_dir, candidate.version, champion.version, tmp_path
