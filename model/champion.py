@@ -10,10 +10,10 @@ Both models are scored by the same code on the same examples: the new run's vali
 `model.validation_days` days), each model through its own vocabularies and feature scaling. A figure the
 new model's training loop reported is never compared with one computed another way.
 
-With `model.refit` a published model has also trained on its validation slice, so neither of its figures on
-that slice would be held out: the candidate is judged through its held-out twin (`<version>.heldout`, the
-model early stopping chose), and when the champion was itself refit, both are judged only on the slice's
-days from the champion's run date on, which neither has seen.
+With `model.refit` a published model has also trained on its validation slice, so its figures on that slice
+would not be held out: a refit candidate and a refit champion are each judged through their held-out twin
+(`<version>.heldout`, the model early stopping chose), which have not seen the slice. A refit champion whose
+twin is gone is judged, with the candidate, only on the slice's days after the last one it trained on.
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from model.checkpoint import META_FILE, load_model, trained_before
+from model.checkpoint import META_FILE, heldout_version, load_model, trained_before
 from model.data import FeatureLayout, example_tensors, item_text, read_features, split_by_day, text_cache_dir
 from model.metrics import log_loss, task_metrics
-from model.train import heldout_version
 from nightrec import schema
 from nightrec.config import Config
 
@@ -124,6 +123,8 @@ def validation_metrics(
     _, val_rows = split_by_day(days, run_date, cfg.model.validation_days)
     if from_day is not None:
         val_rows = val_rows[days[val_rows] >= np.datetime64(from_day, "D")]
+        if not len(val_rows):
+            raise NoValidationExamples(f"no validation examples on or after {from_day}")
     val = examples.take(pa.array(val_rows))
     layout = FeatureLayout.from_dict(meta["layout"])
     # Each model reads item text through its own encoder settings (the encoder's cache is shared).
@@ -190,6 +191,16 @@ def published_version(store: Any, run_date: date) -> str | None:
     return rows[0][0] if rows else None
 
 
+class NoValidationExamples(ValueError):
+    """The slice to judge on holds no examples."""
+
+
+def _judged_dir(model_dir: Path) -> Path:
+    """The held-out twin of a refit model where it exists, else the model itself."""
+    twin = model_dir.parent / heldout_version(model_dir.name)
+    return twin if (_meta(model_dir) or {}).get("refit") and twin.is_dir() else model_dir
+
+
 def _meta(model_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((Path(model_dir) / META_FILE).read_text())
@@ -220,17 +231,22 @@ def judge(
     """
     metric, tolerance = primary_metric(cfg), cfg.evaluation.tolerance
     base = {"metric": metric, "tolerance": tolerance, "candidate_version": candidate_version}
-    # A refit candidate has trained on the validation slice: its held-out twin stands for it. A refit champion
-    # has trained on the slice's days before its own run date: both are judged on the days after that only.
-    heldout = Path(candidate_dir).parent / heldout_version(Path(candidate_dir).name)
-    judged_dir = heldout if (_meta(candidate_dir) or {}).get("refit") else Path(candidate_dir)
+    # A refit model has trained on its own validation slice: its held-out twin (the model early stopping
+    # chose) stands for it, for the candidate and for a refit champion alike, so both are judged as models
+    # that have not seen the slice. Only a refit champion without its twin is judged on the days after the
+    # ones it trained on.
+    judged_candidate = _judged_dir(Path(candidate_dir))
+    judged_champion = None if champion_version is None else _judged_dir(model_root / champion_version)
     from_day = None
-    if champion_version is not None and champion_version != candidate_version:
-        champion_from = trained_before(model_root / champion_version)
+    if judged_champion is not None and champion_version != candidate_version:
+        champion_from = trained_before(judged_champion)
         if champion_from is not None and champion_from > run_date - timedelta(days=cfg.model.validation_days):
             from_day = champion_from
             base["judged_from"] = from_day.isoformat()
-    candidate = validation_metrics(judged_dir, features_dir, cfg, run_date, from_day)
+    try:
+        candidate = validation_metrics(judged_candidate, features_dir, cfg, run_date, from_day)
+    except NoValidationExamples as exc:
+        return Verdict(True, f"cannot compare: {exc}, the days the champion has not trained on", **base)
     new = metric_value(candidate, metric)
     base.update(candidate_metrics=candidate, candidate_value=new, champion_version=champion_version)
     if champion_version is None:
@@ -240,7 +256,7 @@ def judge(
             True, "the candidate is the champion itself (a rerun of the same data and config)", **base
         )
     try:
-        champion = validation_metrics(model_root / champion_version, features_dir, cfg, run_date, from_day)
+        champion = validation_metrics(judged_champion, features_dir, cfg, run_date, from_day)
     except (OSError, ValueError, RuntimeError, KeyError, IndexError, pickle.UnpicklingError) as exc:
         return Verdict(True, f"the champion {champion_version} cannot be scored here: {exc}", **base)
     old = metric_value(champion, metric)

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -172,14 +172,19 @@ def remove_resume(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def trained_before(model_dir: Path) -> date | None:
-    """The first day a model has not trained on: its run date when refit, else its validation cutoff.
+def heldout_version(version: str) -> str:
+    """The directory name of a refit model's held-out twin: the model early stopping chose."""
+    return f"{version}.heldout"
 
-    None when the model directory or its meta.json cannot be read.
-    """
+
+def trained_before(model_dir: Path) -> date | None:
+    """The first day a model has not trained on: the day after its last example when refit (every example of
+    its features), else its validation cutoff. None when the model's meta.json cannot be read."""
     try:
         meta = json.loads((Path(model_dir) / META_FILE).read_text())
         window = meta["data_window"]
-        return date.fromisoformat(window["run_date"] if meta.get("refit") else window["validation_from"])
+        if meta.get("refit"):
+            return date.fromisoformat(window["last_day"]) + timedelta(days=1)
+        return date.fromisoformat(window["validation_from"])
     except (OSError, ValueError, TypeError, KeyError):
         return None

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from model.architectures import MultiTaskModel, build_model
 from model.checkpoint import (
+    heldout_version,
     load_resume,
     remove_resume,
     resume_path,
@@ -267,6 +268,8 @@ def _evaluate(
     # A retrieval loss depends on which positives share a batch: logged per task, kept out of the figure
     # early stopping compares (as the champion gate's val_loss keeps it out).
     per_example = torch.tensor([t.type != "retrieval" for t in model.spec.tasks], device=task_losses.device)
+    if not (model.task_weights * per_example).any():  # nothing but retrieval: its loss is all there is
+        per_example = torch.ones_like(per_example)
     return _Evaluation(
         loss=float((task_losses * model.task_weights * per_example).sum()),
         task_losses=task_losses.tolist(),
@@ -323,11 +326,6 @@ def _state_digest(model: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def heldout_version(version: str) -> str:
-    """The directory name of a refit model's held-out twin: the model early stopping chose."""
-    return f"{version}.heldout"
 
 
 def _start(
@@ -438,10 +436,10 @@ def train_model(
         )
     warm_from = None if warm_start_from is None else Path(warm_start_from)
     cutoff = run_date - timedelta(days=mc.validation_days)
-    if warm_from is not None and mc.refit and (trained_before(warm_from) or run_date) > cutoff:
+    if warm_from is not None and (trained_before(warm_from) or run_date) > cutoff:
         # A refit champion has trained on (part of) this run's validation slice: starting from it would
         # leak that slice into early stopping and into the held-out figures the gate compares.
-        log.info("not starting from %s: it has trained on days after %s (refit)", warm_from.name, cutoff)
+        log.info("not starting from %s: it has trained on days from %s on (refit)", warm_from.name, cutoff)
         warm_from = None
     version = model_version(cfg, run_date, data, None if warm_from is None else warm_from.name)
     resume_file = resume_path(model_root, version)
@@ -540,6 +538,9 @@ def train_model(
         refit = None
         if mc.refit:
             heldout = model
+            # What the selection held on the device goes before the refit allocates its own.
+            progress.best_state = None
+            del optimizer, balancer, forward, train, val
             model, refit = _refit(
                 spec, cfg, data, warm_from, device, progress.best_epoch, shard, show_progress
             )

@@ -27,6 +27,7 @@ from model.checkpoint import (
     META_FILE,
     MODEL_FILE,
     ModelIntegrityError,
+    heldout_version,
     load_model,
     save_model,
     write_manifest,
@@ -44,7 +45,7 @@ from model.data import (
 from model.metrics import roc_auc, task_metrics
 from model.score import compile_blend, score_users
 from model.spec import ModelSpec, TaskSpec
-from model.train import heldout_version, train_model
+from model.train import train_model
 from nightrec import schema
 from nightrec.config import Config
 
@@ -284,29 +285,57 @@ def test_refit_trains_again_on_every_day_and_keeps_the_chosen_model_as_its_held_
     assert not all(torch.equal(published[k], chosen[k]) for k in chosen)
 
 
-def test_the_gate_judges_a_refit_candidate_by_its_twin_on_days_a_refit_champion_has_not_seen(
+def _features_before(features_dir: Path, day: date, out: Path) -> Path:
+    """A copy of the features whose examples end the day before `day`: the features of run date `day`."""
+    shutil.copytree(features_dir, out)
+    examples = read_features(features_dir, schema.EXAMPLES)
+    keep = pc.less(examples.column(schema.DAY), pa.scalar(day, pa.date32()))
+    shutil.rmtree(out / schema.EXAMPLES)
+    (out / schema.EXAMPLES).mkdir()
+    pq.write_table(examples.filter(keep), out / schema.EXAMPLES / "part-0.parquet")
+    return out
+
+
+def test_the_gate_judges_refit_models_by_their_held_out_twins(
     features_dir: Path, workdir: Path, tmp_path: Path
 ) -> None:
     cfg = make_config(workdir, refit=True, epochs=2)
     yesterday = RUN_DATE - timedelta(days=1)
-    champion = train_model(features_dir, cfg, yesterday, tmp_path, show_progress=False)
+    old_features = _features_before(features_dir, yesterday, tmp_path / "features-yesterday")
+    root = tmp_path / "models"
+    champion = train_model(old_features, cfg, yesterday, root, show_progress=False)
+    assert trained_before(champion.model_dir) == yesterday
     # Asked to warm-start from a refit champion that trained on its validation days, it starts fresh.
     candidate = train_model(
-        features_dir, cfg, RUN_DATE, tmp_path, show_progress=False, warm_start_from=champion.model_dir
+        features_dir, cfg, RUN_DATE, root, show_progress=False, warm_start_from=champion.model_dir
     )
     assert load_model(candidate.model_dir)[1]["warm_start"] is None
-    assert trained_before(champion.model_dir) == yesterday
+
+    def twin(version: str) -> Path:
+        return root / heldout_version(version)
+
     verdict = judge(
-        cfg, RUN_DATE, features_dir, candidate.model_dir, candidate.version, champion.version, tmp_path
+        cfg, RUN_DATE, features_dir, candidate.model_dir, candidate.version, champion.version, root
+    )
+    assert verdict.judged_from is None  # neither twin has seen any of the three validation days
+    assert verdict.candidate_metrics == validation_metrics(
+        twin(candidate.version), features_dir, cfg, RUN_DATE
+    )
+    assert verdict.champion_metrics == validation_metrics(twin(champion.version), features_dir, cfg, RUN_DATE)
+
+    # Without its twin, the refit champion is judged (with the candidate's twin) only on the day it has not seen.
+    shutil.rmtree(twin(champion.version))
+    verdict = judge(
+        cfg, RUN_DATE, features_dir, candidate.model_dir, candidate.version, champion.version, root
     )
     assert verdict.judged_from == yesterday.isoformat()
-    twin = validation_metrics(
-        tmp_path / heldout_version(candidate.version), features_dir, cfg, RUN_DATE, yesterday
+    last_day = validation_metrics(champion.model_dir, features_dir, cfg, RUN_DATE, yesterday)
+    assert verdict.champion_metrics == last_day
+    assert verdict.candidate_metrics == validation_metrics(
+        twin(candidate.version), features_dir, cfg, RUN_DATE, yesterday
     )
-    old = validation_metrics(champion.model_dir, features_dir, cfg, RUN_DATE, yesterday)
-    assert verdict.candidate_metrics == twin and verdict.champion_metrics == old
-    whole = validation_metrics(candidate.model_dir, features_dir, cfg, RUN_DATE)
-    assert old["n_val"] < whole["n_val"]  # only the last day of the three validation days is judged
+    assert last_day["n_val"] == verdict.candidate_metrics["n_val"]
+    assert 0 < last_day["n_val"] < candidate.n_val  # one of the three validation days
 
 
 def test_loaded_model_reproduces_the_validation_metrics(trained, features_dir: Path, cfg: Config) -> None:
