@@ -98,6 +98,9 @@ def bench_architecture(cfg: Config, features: Path, run_date: date, root: Path) 
 def variant(cfg: Config, architecture: str) -> Config:
     raw = cfg.model_dump(mode="json")
     raw["model"].update({"architecture": architecture, "epochs": 1, "refit": False, "device": "cpu"})
+    # One stage always: the FLOPs counted are those of every user x item pair (bench/retrieval_recall.py
+    # measures two-stage scoring).
+    raw["scoring"]["two_stage_min_pairs"] = 2**62
     return Config.model_validate(raw)
 
 

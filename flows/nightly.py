@@ -246,11 +246,26 @@ def _gate_lines(gate: dict[str, Any] | None) -> list[str]:
         return []
     kept = "promoted" if gate["promoted"] else f"kept the champion `{gate['champion_version']}`"
     lines = ["", "## Champion gate", "", f"- verdict: **{kept}**: {gate['reason']}"]
+    if gate.get("judged_from"):
+        lines += [
+            f"- judged on the validation days from {gate['judged_from']} on (the champion trained on the earlier ones)"
+        ]
     lines += ["", f"| {gate['metric']} | value |", "|---|---|"]
-    lines += [f"| candidate `{gate['candidate_version']}` | {_figure(gate['candidate_value'])} |"]
+    lines += [
+        f"| candidate {_judged(gate['candidate_version'], gate.get('candidate_judged'))} | "
+        f"{_figure(gate['candidate_value'])} |"
+    ]
     if gate["champion_version"]:
-        lines += [f"| champion `{gate['champion_version']}` | {_figure(gate['champion_value'])} |"]
+        lines += [
+            f"| champion {_judged(gate['champion_version'], gate.get('champion_judged'))} | "
+            f"{_figure(gate['champion_value'])} |"
+        ]
     return lines
+
+
+def _judged(version: str, judged: str | None) -> str:
+    """`version`, and the held-out twin that stood for it at the gate where one did."""
+    return f"`{version}`" if judged in (None, version) else f"`{version}` (judged as `{judged}`)"
 
 
 def _figure(value: float | None) -> str:

@@ -56,6 +56,10 @@ class Verdict:
     judged_from: str | None = (
         None  # the first validation day judged, when a refit champion saw the earlier ones
     )
+    # The model directories whose figures these are: a refit model's held-out twin (`<version>.heldout`)
+    # stands for it, so a reader can tell the figure is not the published weights'.
+    candidate_judged: str | None = None
+    champion_judged: str | None = None
 
     @property
     def published_version(self) -> str:
@@ -237,6 +241,7 @@ def judge(
     # ones it trained on.
     judged_candidate = _judged_dir(Path(candidate_dir))
     judged_champion = None if champion_version is None else _judged_dir(model_root / champion_version)
+    base["candidate_judged"] = judged_candidate.name
     from_day = None
     if judged_champion is not None and champion_version != candidate_version:
         champion_from = trained_before(judged_champion)
@@ -260,7 +265,7 @@ def judge(
     except (OSError, ValueError, RuntimeError, KeyError, IndexError, pickle.UnpicklingError) as exc:
         return Verdict(True, f"the champion {champion_version} cannot be scored here: {exc}", **base)
     old = metric_value(champion, metric)
-    base.update(champion_metrics=champion, champion_value=old)
+    base.update(champion_metrics=champion, champion_value=old, champion_judged=judged_champion.name)
     if old is None:
         return Verdict(True, f"the champion's {metric} is undefined on this validation slice", **base)
     if new is None:

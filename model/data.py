@@ -485,8 +485,11 @@ def split_by_day(days: np.ndarray, run_date: date, validation_days: int) -> tupl
     cutoff = np.datetime64(run_date - timedelta(days=validation_days), "D")
     if days.size and np.isnat(days).any():
         raise ValueError("examples: `day` has nulls; every example must have its day")
-    is_val = days >= cutoff
     span = f"the examples span {days.min()} .. {days.max()}" if days.size else "there are no examples"
+    if days.size and days.max() >= np.datetime64(run_date, "D"):
+        # The feature job only emits days before D; anything later would train on the future it is judged on.
+        raise ValueError(f"examples on or after the run date {run_date}: {span}; features must end before it")
+    is_val = days >= cutoff
     if not is_val.any():
         raise ValueError(
             f"no validation examples: none on or after {cutoff} (run date {run_date}, "

@@ -213,6 +213,9 @@ def test_split_by_day_keeps_validation_after_the_cutoff() -> None:
         split_by_day(days[days < cutoff], RUN_DATE, validation_days=3)
     with pytest.raises(ValueError, match="no training examples"):
         split_by_day(days[days >= cutoff], RUN_DATE, validation_days=3)
+    leaked = np.append(days, np.datetime64(RUN_DATE, "D"))
+    with pytest.raises(ValueError, match="on or after the run date"):
+        split_by_day(leaked, RUN_DATE, validation_days=3)
 
 
 def test_padded_lists_keep_newest_history_and_first_categories() -> None:
@@ -318,6 +321,8 @@ def test_the_gate_judges_refit_models_by_their_held_out_twins(
         cfg, RUN_DATE, features_dir, candidate.model_dir, candidate.version, champion.version, root
     )
     assert verdict.judged_from is None  # neither twin has seen any of the three validation days
+    assert verdict.candidate_judged == heldout_version(candidate.version)
+    assert verdict.champion_judged == heldout_version(champion.version)
     assert verdict.candidate_metrics == validation_metrics(
         twin(candidate.version), features_dir, cfg, RUN_DATE
     )
@@ -329,6 +334,7 @@ def test_the_gate_judges_refit_models_by_their_held_out_twins(
         cfg, RUN_DATE, features_dir, candidate.model_dir, candidate.version, champion.version, root
     )
     assert verdict.judged_from == yesterday.isoformat()
+    assert verdict.champion_judged == champion.version
     last_day = validation_metrics(champion.model_dir, features_dir, cfg, RUN_DATE, yesterday)
     assert verdict.champion_metrics == last_day
     assert verdict.candidate_metrics == validation_metrics(
