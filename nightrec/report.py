@@ -598,6 +598,14 @@ def training_section(src: Sources) -> TrainingSection:
         epochs=history[["epoch", *loss_columns]].to_dict("records"),
         curves=plots.training_curves(history, tasks, best),
     )
+    refit = meta.get("refit")
+    if refit:
+        section.notes.append(
+            f"Refit: after early stopping, the published weights trained again from the start for "
+            f"{refit['epochs']} epochs on all {refit['n_examples']:,} examples before the run date. The "
+            f"curves and metrics are those of the model early stopping chose, kept as "
+            f"{meta.get('version')}.heldout and judged at the champion gate."
+        )
     gate_epoch = best if best in set(history["epoch"]) else int(history["epoch"].iloc[-1])
     gates = history.loc[history["epoch"] == gate_epoch, "gates"].iloc[0] if "gates" in history else None
     if gates:

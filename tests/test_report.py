@@ -15,6 +15,7 @@ import subprocess
 import time
 from datetime import date, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import unquote
 
 import duckdb
@@ -28,7 +29,7 @@ from test_nightly_flow import CONFIG, corrupt_landing
 
 from jobs.generate import generate
 from nightrec.config import load_config
-from nightrec.report import TITLES, render_report
+from nightrec.report import TITLES, render_report, training_section
 
 RUN_DATE = date(2026, 11, 1)
 FAILED_DATE = date(2026, 11, 2)
@@ -207,6 +208,18 @@ def test_scores_coverage_and_users_match_the_published_rows(report, night):
         assert shown == [round(s, 4) for (s,) in top]
     again = sections(render_report(load_config(night[1]), RUN_DATE).read_text())["users"]
     assert re.findall(r'data-user="([^"]+)"', again) == sampled, "the sample of a date is fixed"
+
+
+def test_a_refit_model_says_its_curves_are_the_held_out_models(report, night):
+    root, config, _ = night
+    version = sql(root / "warehouse.duckdb", "SELECT model_version FROM runs WHERE run_date = ?", [RUN_DATE])
+    meta = json.loads((root / "work/models" / version[0][0] / "meta.json").read_text())
+    assert "Refit" not in " ".join(
+        training_section(SimpleNamespace(model=(meta, None), cfg=load_config(config))).notes
+    )
+    refit = {**meta, "refit": {"epochs": 3, "n_examples": 12345, "history": []}}
+    notes = " ".join(training_section(SimpleNamespace(model=(refit, None), cfg=load_config(config))).notes)
+    assert "3 epochs on all 12,345 examples" in notes and f"{meta['version']}.heldout" in notes
 
 
 def test_a_failed_run_renders_what_it_can_and_says_what_is_missing(night, tmp_path):
