@@ -9,6 +9,7 @@ import duckdb
 import pytest
 from test_nightly_flow import CONFIG
 
+from flows.nightly import _gate_lines
 from jobs.generate import generate
 from model.champion import metric_value, primary_metric
 from nightrec.config import Config
@@ -118,3 +119,23 @@ def test_primary_metric_defaults_to_the_first_binary_tasks_auc(tmp_path):
         primary_metric(Config.model_validate(raw))
     metrics = {"val_loss": 0.3, "tasks": {"click": {"auc": None, "rmse": 1.5}}}
     assert metric_value(metrics, "val_loss") == 0.3 and metric_value(metrics, "click.auc") is None
+
+
+def test_the_summary_names_the_held_out_twin_that_was_judged():
+    gate = {
+        "promoted": False,
+        "reason": "engage.auc 0.8000 is worse than the champion's 0.8100 beyond tolerance 0.002",
+        "metric": "engage.auc",
+        "candidate_version": "v2",
+        "candidate_value": 0.8,
+        "candidate_judged": "v2.heldout",
+        "champion_version": "v1",
+        "champion_value": 0.81,
+        "champion_judged": "v1",
+        "judged_from": "2024-03-14",
+    }
+    text = "\n".join(_gate_lines(gate))
+    assert "| candidate `v2` (judged as `v2.heldout`) | 0.8000 |" in text
+    assert "| champion `v1` | 0.8100 |" in text  # a twinless champion: judged as itself
+    assert "from 2024-03-14 on" in text
+    assert "judged as" not in "\n".join(_gate_lines({**gate, "candidate_judged": None, "judged_from": None}))
