@@ -578,7 +578,7 @@ def train_model(
         "resumed_after_epoch": resumed_after,
         # Refit: this model trained on every example before the run date; `metrics` are the held-out
         # figures of the model early stopping chose, saved beside it as <version>.heldout (the gate's).
-        "refit": refit,
+        "refit": None if refit is None else {**refit, "heldout": heldout_version(version)},
         "torch_version": torch.__version__,
     }
     if shard.world > 1:

@@ -604,7 +604,7 @@ def training_section(src: Sources) -> TrainingSection:
             f"Refit: after early stopping, the published weights trained again from the start for "
             f"{refit['epochs']} epochs on all {refit['n_examples']:,} examples before the run date. The "
             f"curves and metrics are those of the model early stopping chose, kept as "
-            f"{meta.get('version')}.heldout and judged at the champion gate."
+            f"{refit.get('heldout', 'its held-out twin')} and judged at the champion gate."
         )
     gate_epoch = best if best in set(history["epoch"]) else int(history["epoch"].iloc[-1])
     gates = history.loc[history["epoch"] == gate_epoch, "gates"].iloc[0] if "gates" in history else None

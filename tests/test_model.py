@@ -321,6 +321,7 @@ def test_the_gate_judges_refit_models_by_their_held_out_twins(
         cfg, RUN_DATE, features_dir, candidate.model_dir, candidate.version, champion.version, root
     )
     assert verdict.judged_from is None  # neither twin has seen any of the three validation days
+    assert load_model(candidate.model_dir)[1]["refit"]["heldout"] == heldout_version(candidate.version)
     assert verdict.candidate_judged == heldout_version(candidate.version)
     assert verdict.champion_judged == heldout_version(champion.version)
     assert verdict.candidate_metrics == validation_metrics(

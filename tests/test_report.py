@@ -217,7 +217,8 @@ def test_a_refit_model_says_its_curves_are_the_held_out_models(report, night):
     assert "Refit" not in " ".join(
         training_section(SimpleNamespace(model=(meta, None), cfg=load_config(config))).notes
     )
-    refit = {**meta, "refit": {"epochs": 3, "n_examples": 12345, "history": []}}
+    twin = f"{meta['version']}.heldout"
+    refit = {**meta, "refit": {"epochs": 3, "n_examples": 12345, "history": [], "heldout": twin}}
     notes = " ".join(training_section(SimpleNamespace(model=(refit, None), cfg=load_config(config))).notes)
     assert "3 epochs on all 12,345 examples" in notes and f"{meta['version']}.heldout" in notes
 
