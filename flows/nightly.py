@@ -163,7 +163,13 @@ def score_step(cfg: Config, model_dir: Path, paths: RunPaths, show_progress: boo
     from model.score import score_users
 
     require_complete(paths.features, "build-features")
-    recs = score_users(model_dir, paths.features, cfg, show_progress=show_progress)
+    if cfg.scoring.engine == "spark":
+        from jobs.spark import get_spark
+        from jobs.spark_scoring import score_on_spark
+
+        recs = score_on_spark(get_spark(cfg.spark), model_dir, paths.features, cfg, paths.run_dir / "scored")
+    else:
+        recs = score_users(model_dir, paths.features, cfg, show_progress=show_progress)
     recs["generated_at"] = datetime.now(UTC)
     return recs
 

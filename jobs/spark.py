@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -44,6 +45,9 @@ def get_spark(cfg: SparkConfig | None = None, app_name: str = "nightrec"):
     local = cfg.master.startswith("local") and not submitted
     if local:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # Python workers (sharded scoring) run this interpreter, with its packages, not whatever
+        # `python3` is first on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     if not submitted:
         builder = builder.master(cfg.master).config("spark.driver.memory", cfg.driver_memory)

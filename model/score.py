@@ -30,6 +30,7 @@ import ast
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +40,23 @@ import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
 
+from model.architectures import MultiTaskModel
 from model.checkpoint import load_model
-from model.data import FeatureLayout, item_tensors, item_text, read_features, text_cache_dir, user_tensors
+from model.data import (
+    FeatureLayout,
+    ItemText,
+    Vocabularies,
+    item_tensors,
+    item_text,
+    read_features,
+    text_cache_dir,
+    user_tensors,
+)
 from model.device import precision, resolve_device
+from model.inputs import ItemPart
 from model.spec import TaskSpec
 from nightrec import schema
-from nightrec.config import Config
+from nightrec.config import Config, ScoringConfig
 
 log = logging.getLogger(__name__)
 
@@ -154,117 +166,171 @@ def _seen_pairs(seen: pa.Table, users: pa.Table, items: pa.Table) -> tuple[np.nd
     return u[order], i[order]
 
 
+@dataclass
+class Scorer:
+    """Everything scoring needs besides the users: the model, the blend, and the catalogue encoded once.
+
+    Built once per process: once for local scoring, once per Spark Python worker when scoring is spread
+    over executors (jobs/spark_scoring.py), so the item side is never recomputed per user block.
+    """
+
+    model: MultiTaskModel
+    version: str
+    vocab: Vocabularies
+    layout: FeatureLayout
+    scoring: ScoringConfig
+    device: torch.device
+    items: pa.Table  # sorted by item id: ties rank by this order
+    item_part: ItemPart
+    item_vectors: torch.Tensor | None
+
+    @classmethod
+    def build(
+        cls,
+        model_dir: Path,
+        items: pa.Table,
+        text: Callable[[FeatureLayout], ItemText | None],
+        scoring: ScoringConfig,
+        device: torch.device,
+    ) -> Scorer:
+        """`text` gives the item text for the model's layout (None when the model reads no text)."""
+        model, meta, vocab = load_model(Path(model_dir), device)
+        layout = FeatureLayout.from_dict(meta["layout"])
+        items = items.sort_by(schema.ITEM_ID)
+        _require_unique_ids(items, schema.ITEM_ID, "items")
+        with torch.inference_mode(), precision(device):
+            item_part = model.item_part(item_tensors(items, vocab, layout, text(layout)).to(device))
+            vectors = None if model.retrieval_task is None else model.item_vectors(item_part)
+        return cls(model, meta["version"], vocab, layout, scoring, device, items, item_part, vectors)
+
+    def two_stage(self, n_users: int) -> bool:
+        """Decided on the whole night's user count, so every shard of a sharded run decides alike."""
+        n_items = self.items.num_rows
+        return (
+            self.model.retrieval_task is not None
+            and n_users * n_items >= self.scoring.two_stage_min_pairs
+            and self.scoring.retrieval_candidates < n_items
+        )
+
+    def score(self, users: pa.Table, seen: pa.Table, n_users: int, show_progress: bool = False) -> pa.Table:
+        """Top `top_k` unseen items of each user of `users` (one row per user id); `seen` holds (user_id,
+        item_id) pairs, and pairs of other users are ignored. `n_users` is the night's total user count.
+
+        Columns: user_id, rank (1..K), item_id, score, p_<task> per task, model_version; rows by user in
+        user-id order, then by rank.
+        """
+        model, tasks, device = self.model, self.model.spec.tasks, self.device
+        blend = compile_blend(self.scoring.blend, tasks)
+        published = [j for j, t in enumerate(tasks) if t.type != "multiclass"]
+        users = users.sort_by(schema.USER_ID)
+        _require_unique_ids(users, schema.USER_ID, "users")
+        all_users = user_tensors(users, self.vocab, self.layout)
+        seen_user, seen_item = _seen_pairs(seen, users, self.items)
+        n_items, k, block_size = self.items.num_rows, self.scoring.top_k, self.scoring.user_batch_size
+        n_candidates = self.scoring.retrieval_candidates
+        two_stage = self.two_stage(n_users)
+        parts: dict[str, list[np.ndarray]] = {"user": [], "rank": [], "item": [], "score": [], "preds": []}
+        with torch.inference_mode():
+            bar = tqdm(total=users.num_rows, unit="user", desc="scoring", disable=not show_progress)
+            for start in range(0, users.num_rows, block_size):
+                block = all_users.take(slice(start, start + block_size)).to(device)
+                b = len(block)
+                lo, hi = np.searchsorted(seen_user, [start, start + b])
+                is_seen = torch.zeros(b, n_items, dtype=torch.bool)
+                is_seen[torch.from_numpy(seen_user[lo:hi] - start), torch.from_numpy(seen_item[lo:hi])] = True
+                is_seen = is_seen.to(device)
+
+                candidates = None  # [b, N] item rows in two-stage scoring; None: every item
+                with precision(device):
+                    user = model.user_part(block)
+                    match = None
+                    if self.item_vectors is not None:
+                        match = model.retrieval_scores(
+                            model.user_vectors(user), self.item_vectors
+                        )  # [b, n_items]
+                    if two_stage:
+                        # The N best unseen items by retrieval score, in item order (ties then rank by position).
+                        picked = match.masked_fill(is_seen, float("-inf")).topk(n_candidates, dim=1).indices
+                        candidates = picked.sort(dim=1).values
+                        features = model.candidate_features(user, self.item_part, candidates)
+                        match = match.gather(1, candidates)
+                        is_seen = is_seen.gather(1, candidates)
+                    else:
+                        features = model.grid_features(user, self.item_part)
+                    out = model.head(features, None if match is None else match.reshape(-1))
+                width = n_items if candidates is None else n_candidates
+                preds = out.predictions.float().view(b, width, len(tasks))[..., published]
+                scores = blend({tasks[j].name: preds[..., c] for c, j in enumerate(published)}).float()
+                scores = scores.expand(b, width)
+                if torch.isnan(scores).any():
+                    raise ValueError(f"scoring.blend {self.scoring.blend!r} gives NaN for some predictions")
+
+                # Stable descending sort: equal scores keep the item order. Seen items are skipped by
+                # counting only unseen ones, so a -inf score can never be confused with "seen".
+                order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+                unseen = ~is_seen.gather(1, order)
+                rank = unseen.cumsum(dim=1)
+                row, pos = (unseen & (rank <= k)).nonzero(as_tuple=True)  # row-major: by user, then rank
+                column = order[row, pos]
+                item = column if candidates is None else candidates[row, column]
+                parts["user"].append((row + start).cpu().numpy())
+                parts["rank"].append(rank[row, pos].cpu().numpy().astype(np.int32))
+                parts["item"].append(item.cpu().numpy())
+                parts["score"].append(scores[row, column].double().cpu().numpy())
+                parts["preds"].append(preds[row, column].double().cpu().numpy())
+                bar.update(b)
+            bar.close()
+
+        def joined(name: str, empty: np.ndarray) -> np.ndarray:
+            return np.concatenate(parts[name]) if parts[name] else empty
+
+        user_rows = joined("user", np.empty(0, np.int64))
+        item_rows = joined("item", np.empty(0, np.int64))
+        preds_all = joined("preds", np.empty((0, len(published))))
+        return pa.table(
+            {
+                schema.USER_ID: pc.cast(users.column(schema.USER_ID).take(pa.array(user_rows)), pa.string()),
+                "rank": pa.array(joined("rank", np.empty(0, np.int32)), pa.int32()),
+                schema.ITEM_ID: pc.cast(
+                    self.items.column(schema.ITEM_ID).take(pa.array(item_rows)), pa.string()
+                ),
+                "score": pa.array(joined("score", np.empty(0)), pa.float64()),
+                **{
+                    schema.probability_column(tasks[j].name): pa.array(preds_all[:, c], pa.float64())
+                    for c, j in enumerate(published)
+                },
+                "model_version": pa.array([self.version] * len(user_rows), pa.string()),
+            }
+        )
+
+
+def local_item_text(items: pa.Table, cfg: Config) -> Callable[[FeatureLayout], ItemText | None]:
+    """The item text of `items` for a model's layout, embedded with this machine's text cache."""
+    return lambda layout: item_text(items, layout.text_encoder, layout.text_dim, text_cache_dir(cfg))
+
+
 def score_users(model_dir: Path, features_dir: Path, cfg: Config, show_progress: bool = True) -> pd.DataFrame:
-    """Top `cfg.scoring.top_k` unseen items for every user of `users/`.
+    """Top `cfg.scoring.top_k` unseen items for every user of `users/`, in this process.
 
     Columns: user_id, rank (1..K), item_id, score, p_<task> per task, model_version. A user has fewer
     than K rows only when fewer than K items are left once the seen ones are removed. Equal scores are
     ranked by the item's position in `items/`, so the output is deterministic.
     """
-    device = resolve_device(cfg.model.device)
-    model, meta, vocab = load_model(Path(model_dir), device)
-    tasks = model.spec.tasks
-    blend = compile_blend(cfg.scoring.blend, tasks)
-    published = [j for j, t in enumerate(tasks) if t.type != "multiclass"]
-    layout = FeatureLayout.from_dict(meta["layout"])
     # Sorted by id: Spark's part files have no fixed row order, and ties are broken by item position.
-    users = read_features(features_dir, schema.USERS).sort_by(schema.USER_ID)
-    items = read_features(features_dir, schema.ITEMS).sort_by(schema.ITEM_ID)
-    seen = read_features(features_dir, schema.SEEN)
-    _require_unique_ids(users, schema.USER_ID, "users")
-    _require_unique_ids(items, schema.ITEM_ID, "items")
-
-    all_users = user_tensors(users, vocab, layout)
-    seen_user, seen_item = _seen_pairs(seen, users, items)
-    n_users, n_items, k = users.num_rows, items.num_rows, cfg.scoring.top_k
-    block_size = cfg.scoring.user_batch_size
-    parts: dict[str, list[np.ndarray]] = {"user": [], "rank": [], "item": [], "score": [], "preds": []}
-
-    text = item_text(items, layout.text_encoder, layout.text_dim, text_cache_dir(cfg))
-    retrieval = model.retrieval_task
-    n_candidates = cfg.scoring.retrieval_candidates
-    two_stage = (
-        retrieval is not None
-        and n_users * n_items >= cfg.scoring.two_stage_min_pairs
-        and n_candidates < n_items
+    items = read_features(features_dir, schema.ITEMS)
+    scorer = Scorer.build(
+        model_dir, items, local_item_text(items, cfg), cfg.scoring, resolve_device(cfg.model.device)
     )
-    if two_stage:
+    users = read_features(features_dir, schema.USERS)
+    n_users, n_items = users.num_rows, items.num_rows
+    if scorer.two_stage(n_users):
+        retrieval = scorer.model.spec.tasks[scorer.model.retrieval_task]
         log.info(
             "two-stage scoring: %d users x %d items; the retrieval task %r picks %d candidates per user",
             n_users,
             n_items,
-            tasks[retrieval].name,
-            n_candidates,
+            retrieval.name,
+            cfg.scoring.retrieval_candidates,
         )
-    with torch.inference_mode():
-        with precision(device):
-            item_part = model.item_part(item_tensors(items, vocab, layout, text).to(device))
-            item_vectors = None if retrieval is None else model.item_vectors(item_part)
-        bar = tqdm(total=n_users, unit="user", desc="scoring", disable=not show_progress)
-        for start in range(0, n_users, block_size):
-            block = all_users.take(slice(start, start + block_size)).to(device)
-            b = len(block)
-            lo, hi = np.searchsorted(seen_user, [start, start + b])
-            is_seen = torch.zeros(b, n_items, dtype=torch.bool)
-            is_seen[torch.from_numpy(seen_user[lo:hi] - start), torch.from_numpy(seen_item[lo:hi])] = True
-            is_seen = is_seen.to(device)
-
-            candidates = None  # [b, N] item rows in two-stage scoring; None: every item
-            with precision(device):
-                user = model.user_part(block)
-                match = None
-                if item_vectors is not None:
-                    match = model.retrieval_scores(model.user_vectors(user), item_vectors)  # [b, n_items]
-                if two_stage:
-                    # The N best unseen items by retrieval score, in item order (ties then rank by position).
-                    picked = match.masked_fill(is_seen, float("-inf")).topk(n_candidates, dim=1).indices
-                    candidates = picked.sort(dim=1).values
-                    features = model.candidate_features(user, item_part, candidates)
-                    match = match.gather(1, candidates)
-                    is_seen = is_seen.gather(1, candidates)
-                else:
-                    features = model.grid_features(user, item_part)
-                out = model.head(features, None if match is None else match.reshape(-1))
-            width = n_items if candidates is None else n_candidates
-            preds = out.predictions.float().view(b, width, len(tasks))[..., published]
-            scores = blend({tasks[j].name: preds[..., k] for k, j in enumerate(published)}).float()
-            scores = scores.expand(b, width)
-            if torch.isnan(scores).any():
-                raise ValueError(f"scoring.blend {cfg.scoring.blend!r} gives NaN for some predictions")
-
-            # Stable descending sort: equal scores keep the item order. Seen items are skipped by
-            # counting only unseen ones, so a -inf score can never be confused with "seen".
-            order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-            unseen = ~is_seen.gather(1, order)
-            rank = unseen.cumsum(dim=1)
-            row, pos = (unseen & (rank <= k)).nonzero(as_tuple=True)  # row-major: by user, then rank
-            column = order[row, pos]
-            item = column if candidates is None else candidates[row, column]
-            parts["user"].append((row + start).cpu().numpy())
-            parts["rank"].append(rank[row, pos].cpu().numpy().astype(np.int32))
-            parts["item"].append(item.cpu().numpy())
-            parts["score"].append(scores[row, column].double().cpu().numpy())
-            parts["preds"].append(preds[row, column].double().cpu().numpy())
-            bar.update(b)
-        bar.close()
-
-    def joined(name: str, empty: np.ndarray) -> np.ndarray:
-        return np.concatenate(parts[name]) if parts[name] else empty
-
-    user_rows = joined("user", np.empty(0, np.int64))
-    item_rows = joined("item", np.empty(0, np.int64))
-    preds_all = joined("preds", np.empty((0, len(published))))
-    table = pa.table(
-        {
-            schema.USER_ID: pc.cast(users.column(schema.USER_ID).take(pa.array(user_rows)), pa.string()),
-            "rank": pa.array(joined("rank", np.empty(0, np.int32))),
-            schema.ITEM_ID: pc.cast(items.column(schema.ITEM_ID).take(pa.array(item_rows)), pa.string()),
-            "score": pa.array(joined("score", np.empty(0))),
-            **{
-                schema.probability_column(tasks[j].name): pa.array(preds_all[:, k])
-                for k, j in enumerate(published)
-            },
-            "model_version": pa.array([meta["version"]] * len(user_rows), pa.string()),
-        }
-    )
-    return table.to_pandas()
+    seen = read_features(features_dir, schema.SEEN)
+    return scorer.score(users, seen, n_users, show_progress).to_pandas()

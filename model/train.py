@@ -130,10 +130,11 @@ class _Progress:
 
 
 def model_version(cfg: Config, run_date: date, data: TrainingData, warm_from: str | None = None) -> str:
-    """`YYYYMMDD-<hash>`: the hash covers the whole config, the data window and the warm-start source
-    (the champion's version), nothing time-dependent."""
+    """`YYYYMMDD-<hash>`: the hash covers the config, the data window and the warm-start source (the
+    champion's version), nothing time-dependent. The `scoring` section is left out: how a trained model is
+    applied (top K, blend, engine) does not change the model, so changing it reuses the night's model."""
     payload = {
-        "config": cfg.model_dump(mode="json"),
+        "config": cfg.model_dump(mode="json", exclude={"scoring"}),
         "run_date": run_date.isoformat(),
         "first_day": data.first_day.isoformat(),
         "last_day": data.last_day.isoformat(),

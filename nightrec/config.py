@@ -281,6 +281,16 @@ class ScoringConfig(Strict):
     retrieval_candidates: int = Field(
         500, ge=1, description="Two-stage scoring: candidates per user from the retrieval stage."
     )
+    engine: Literal["local", "spark"] = Field(
+        "local",
+        description="local: score in the flow's process; spark: spread users over the Spark executors of "
+        "spark.master (the model and catalogue are broadcast once, each executor scores its users' shard).",
+    )
+    spark_partitions: int | None = Field(
+        None,
+        ge=1,
+        description="engine spark: user shards (Spark tasks); default: the cluster's default parallelism.",
+    )
 
 
 class NotifyConfig(Strict):

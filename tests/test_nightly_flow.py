@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -143,6 +144,20 @@ def test_nightly_publishes_top_k_for_every_user_and_reruns_idempotently(night):
     cols = ["user_id", "rank", "item_id", "score", "p_click", "p_purchase"]
     assert len(rerun) == len(recs)
     assert rerun[cols].equals(recs[cols]), "a rerun of the same date must publish the same rows"
+
+    # Scoring spread over Spark executors publishes the same table (same model, same rows).
+    sharded_config = root / "config-spark-scoring.toml"
+    sharded_config.write_text(
+        config.read_text().replace("[scoring]\n", '[scoring]\nengine = "spark"\nspark_partitions = 3\n')
+    )
+    sharded = nightly(run_date=RUN_DATE, config_path=str(sharded_config), show_progress=False)
+    assert sharded["status"] == "published"
+    assert sharded["model_version"] == result["model_version"]
+    on_spark = latest(root / "warehouse.duckdb")
+    keys = ["user_id", "rank", "item_id", "model_version"]
+    assert on_spark[keys].equals(recs[keys])
+    assert np.allclose(on_spark[cols[3:]], recs[cols[3:]], rtol=1e-5, atol=1e-6)
+    assert (root / "work/runs/2026-11-01/scored").is_dir()
 
 
 def test_invalid_logs_fail_validation_and_keep_the_published_table(night, tmp_path):
