@@ -50,7 +50,9 @@ class ScoringPayload:
     n_users: int  # the night's total: two-stage scoring is decided on it, alike in every shard
 
 
-_SCORERS: dict[str, tuple[Any, int]] = {}  # run key -> (Scorer, the night's users), per Python worker: one night's model at a time
+_SCORERS: dict[
+    str, tuple[Any, int]
+] = {}  # run key -> (Scorer, the night's users), per Python worker: one night's model at a time
 
 
 def _scorer(broadcast, key: str) -> tuple[Any, int]:
@@ -158,7 +160,10 @@ def score_on_spark(spark, model_dir: Path, features_dir: Path, cfg: Config, out_
             .agg(F.collect_list(schema.ITEM_ID).alias(SEEN_ITEMS))
         )
         sharded = users.join(seen, schema.USER_ID, "left").repartition(shards, schema.USER_ID)
-        scored = sharded.mapInArrow(partial(score_shard, broadcast, f"{meta['version']}-{uuid.uuid4().hex}"), output_schema(model.spec.tasks))
+        scored = sharded.mapInArrow(
+            partial(score_shard, broadcast, f"{meta['version']}-{uuid.uuid4().hex}"),
+            output_schema(model.spec.tasks),
+        )
         scored.write.mode("overwrite").parquet(str(out_dir))
     finally:
         broadcast.destroy()
