@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.data import ItemTensors, UserTensors
+from model.dropout import Dropout
 from model.inputs import InputEncoder, ItemPart, PairGrid, UserPart
 from model.losses import in_batch_softmax, multiclass_tasks, task_losses
 from model.spec import ModelSpec
@@ -58,8 +59,11 @@ class BatchedLinear(nn.Module):
             groups, in_dim, out_dim = self.weight.shape
             flat = self.weight.permute(1, 0, 2).reshape(in_dim, groups * out_dim)
             return x.project(flat, self.bias.reshape(-1)).view(-1, groups, out_dim)
-        pattern = "ni,gio->ngo" if x.dim() == 2 else "ngi,gio->ngo"
-        return torch.einsum(pattern, x, self.weight) + self.bias
+        groups, in_dim, out_dim = self.weight.shape
+        if x.dim() == 2:  # one input for all groups: one [N, in] x [in, groups * out] product
+            flat = self.weight.permute(1, 0, 2).reshape(in_dim, groups * out_dim)
+            return torch.addmm(self.bias.reshape(-1), x, flat).view(-1, groups, out_dim)
+        return torch.einsum("ngi,gio->ngo", x, self.weight) + self.bias
 
 
 def linear(layer: nn.Linear, x: torch.Tensor | PairGrid) -> torch.Tensor:
@@ -97,7 +101,7 @@ class ExtractionLevel(nn.Module):
         )
         self.task_gates = BatchedLinear(n_tasks, in_dim, task_experts + shared_experts)
         self.shared_gate = nn.Linear(in_dim, n_experts) if shared_gate else None
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.n_tasks, self.n_experts = n_tasks, n_experts
 
     def forward(self, x: torch.Tensor | PairGrid) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +126,7 @@ class ExtractionLevel(nn.Module):
 def _mlp(in_dim: int, hidden: tuple[int, ...], dropout: float, out_dim: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for width in hidden:
-        layers += [nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(dropout)]
+        layers += [nn.Linear(in_dim, width), nn.ReLU(), Dropout(dropout)]
         in_dim = width
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
@@ -302,7 +306,7 @@ class SharedBottom(MultiTaskModel):
         layers: list[nn.Module] = []
         in_dim = self.out_dim
         for width in spec.expert_hidden:
-            layers += [nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(spec.dropout)]
+            layers += [nn.Linear(in_dim, width), nn.ReLU(), Dropout(spec.dropout)]
             in_dim = width
         self.bottom = nn.Sequential(*layers)
 
