@@ -82,6 +82,11 @@ def mix_experts(gates: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nte,neh->nth", gates, h)
 
 
+def relu(x: torch.Tensor) -> torch.Tensor:
+    """ReLU, in place where no gradient needs the input (scoring: the expert outputs of a whole grid)."""
+    return x.relu_() if not x.requires_grad else torch.relu(x)
+
+
 def linear(layer: nn.Linear, x: torch.Tensor | PairGrid) -> torch.Tensor:
     """`layer(x)`, also on a factorised PairGrid."""
     return x.project(layer.weight.T, layer.bias) if isinstance(x, PairGrid) else layer(x)
@@ -126,7 +131,7 @@ class ExtractionLevel(nn.Module):
         # index_select, not x[:, group]: its backward adds rows (index_add_) instead of an accumulating index_put_
         h = x if first else x.index_select(1, self.expert_group)
         for layer in self.experts:
-            h = self.dropout(torch.relu(layer(h)))  # [N, E, H]
+            h = self.dropout(relu(layer(h)))  # [N, E, H]
         n = h.shape[0]
         chosen = torch.softmax(self.task_gates(x if first else x[:, : self.n_tasks]).float(), dim=-1)
         gates = chosen.new_zeros(n, self.n_tasks, self.n_experts)

@@ -76,17 +76,26 @@ class TargetAttention(nn.Module):
         b, length, d = history.shape
         w_h, w_t, w_d, w_p = self.first.weight.split(d, dim=1)  # each [H, d]
         per_user = history @ (w_h + w_d).T  # [B, L, H]
-        per_item = target @ (w_t - w_d).T + self.first.bias  # [B|1, I, H]
         hidden = w_p.shape[0]
         if target.shape[1] > hidden:
-            # A grid (many candidates per user): (h * t) W_p = t (diag(h) W_p), one [I, d] x [d, L * H]
-            # product per user and no [B, I, L, d] tensor. Not for one target per row (training, pairs): there
-            # diag(h) W_p would be [B, d, L * H], H times the history itself.
-            scaled = (history[..., None] * w_p.T).permute(0, 2, 1, 3).reshape(b, d, length * hidden)
-            product = (target.expand(b, -1, -1) @ scaled).view(b, target.shape[1], length, hidden)
+            # A grid (many candidates per user). The whole first layer is one product per user:
+            # [t, 1] x [[diag(h) W_p + (W_t - W_d)], [h (W_h + W_d) + bias]] for each history slot, i.e.
+            # one [I, d + 1] x [d + 1, L * H] matrix product, with no [B, I, L, d] tensor and no per-pair
+            # additions. Not for one target per row (training, pairs): there the per-user matrix would be
+            # H times the history itself.
+            per_slot = history[..., None] * w_p.T + (w_t - w_d).T  # [B, L, d, H]
+            constant = (per_user + self.first.bias)[:, :, None, :]  # [B, L, 1, H]: the target's "1" column
+            weights = torch.cat([per_slot, constant], dim=2).permute(0, 2, 1, 3).reshape(b, d + 1, -1)
+            ones = target.new_ones(target.shape[0], target.shape[1], 1)
+            first = torch.cat([target, ones], dim=2).expand(b, -1, -1) @ weights  # [B, I, L * H]
+            first = first.view(b, target.shape[1], length, hidden)
+            # In place where nothing needs the pre-activation for a gradient (scoring): the largest tensor
+            # of scoring is then written once instead of twice.
+            hidden = first.relu_() if not first.requires_grad else self.act(first)
         else:
+            per_item = target @ (w_t - w_d).T + self.first.bias  # [B, I, H]
             product = (history[:, None, :, :] * target[:, :, None, :]) @ w_p.T  # [B, I, L, H]
-        hidden = self.act(per_user[:, None] + per_item[:, :, None] + product)
+            hidden = self.act(per_user[:, None] + per_item[:, :, None] + product)
         weights = (1.0 + self.out(hidden).squeeze(-1)) * mask[:, None, :]  # [B, I, L]
         pooled = torch.einsum("bil,bld->bid", weights.to(history.dtype), history)
         return pooled / mask.sum(dim=1).clamp(min=1)[:, None, None].to(pooled.dtype)
@@ -195,10 +204,14 @@ class PairGrid:
             d, at = self.pooled.shape[-1], self.pooled_at
             user_w = torch.cat([weight[:at], weight[at + d : self.user_dim]])
         per_item = self.items @ item_w  # [I, out]: once per item, gathered for candidates
-        per_item = per_item[None] if self.candidates is None else per_item[self.candidates]
-        out = (self.user @ user_w)[:, None, :] + per_item  # [B, N, out]
-        if self.pooled is not None:
-            out = out + self.pooled @ weight[self.pooled_at : self.pooled_at + self.pooled.shape[-1]]
         if bias is not None:
-            out = out + bias
-        return out.reshape(self.b * self.n, -1)
+            per_item = per_item + bias  # once per item, not once per pair
+        per_item = per_item[None] if self.candidates is None else per_item[self.candidates]
+        out = ((self.user @ user_w)[:, None, :] + per_item).reshape(
+            self.b * self.n, -1
+        )  # the one per-pair add
+        if self.pooled is not None:  # + pooled @ W in the product's own accumulation, not as another pass
+            pooled_w = weight[self.pooled_at : self.pooled_at + self.pooled.shape[-1]]
+            pooled = self.pooled.reshape(self.b * self.n, -1)
+            out = torch.addmm(out, pooled, pooled_w) if out.requires_grad else out.addmm_(pooled, pooled_w)
+        return out
