@@ -213,5 +213,6 @@ class PairGrid:
         if self.pooled is not None:  # + pooled @ W in the product's own accumulation, not as another pass
             pooled_w = weight[self.pooled_at : self.pooled_at + self.pooled.shape[-1]]
             pooled = self.pooled.reshape(self.b * self.n, -1)
-            out = torch.addmm(out, pooled, pooled_w) if out.requires_grad else out.addmm_(pooled, pooled_w)
+            # In place without autograd (out= rather than addmm_, which FlopCounterMode does not count).
+            out = torch.addmm(out, pooled, pooled_w, **({} if out.requires_grad else {"out": out}))
         return out
