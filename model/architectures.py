@@ -8,8 +8,9 @@
   read their task's output of level l - 1.
 
 MMoE is one PLE-style level with no task experts and no shared gate, so both run the same `ExtractionLevel`.
-All experts of a level are one batched computation (weights [E, in, out] applied with einsum), never a Python
-loop over experts; gates are one batched computation too. Every architecture exposes the mean gate weight per
+All experts of a level are one batched computation (weights [E, in, out]: one product over all experts when
+they share their input, a batched product otherwise), never a Python loop over experts; gates are one batched
+computation too, and so is the gate-weighted mix (`mix_experts`). Every architecture exposes the mean gate weight per
 task over the experts of its last level ([T, E], for logging); shared bottom has none.
 
 A retrieval task (at most one) does not go through the shared part: it is a two-tower score, a user tower
@@ -55,15 +56,14 @@ class BatchedLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(groups, out_dim).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor | PairGrid) -> torch.Tensor:
-        if isinstance(x, PairGrid):  # the groups side by side as one [in, groups * out] layer
-            groups, in_dim, out_dim = self.weight.shape
-            flat = self.weight.permute(1, 0, 2).reshape(in_dim, groups * out_dim)
-            return x.project(flat, self.bias.reshape(-1)).view(-1, groups, out_dim)
         groups, in_dim, out_dim = self.weight.shape
-        if x.dim() == 2:  # one input for all groups: one [N, in] x [in, groups * out] product
-            flat = self.weight.permute(1, 0, 2).reshape(in_dim, groups * out_dim)
-            return torch.addmm(self.bias.reshape(-1), x, flat).view(-1, groups, out_dim)
-        return torch.einsum("ngi,gio->ngo", x, self.weight) + self.bias
+        if isinstance(x, torch.Tensor) and x.dim() == 3:  # each group its own input
+            return torch.einsum("ngi,gio->ngo", x, self.weight) + self.bias
+        # One input for all groups: the groups side by side as one [in, groups * out] layer, one product.
+        flat = self.weight.permute(1, 0, 2).reshape(in_dim, groups * out_dim)
+        if isinstance(x, PairGrid):
+            return x.project(flat, self.bias.reshape(-1)).view(-1, groups, out_dim)
+        return torch.addmm(self.bias.reshape(-1), x, flat).view(-1, groups, out_dim)
 
 
 BROADCAST_MIX_ELEMENTS = 1 << 24  # 64 MB of float32: a training batch stays below, a scoring grid does not

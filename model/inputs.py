@@ -207,9 +207,8 @@ class PairGrid:
         if bias is not None:
             per_item = per_item + bias  # once per item, not once per pair
         per_item = per_item[None] if self.candidates is None else per_item[self.candidates]
-        out = ((self.user @ user_w)[:, None, :] + per_item).reshape(
-            self.b * self.n, -1
-        )  # the one per-pair add
+        # The one per-pair addition of the first layer.
+        out = ((self.user @ user_w)[:, None, :] + per_item).reshape(self.b * self.n, -1)
         if self.pooled is not None:  # + pooled @ W in the product's own accumulation, not as another pass
             pooled_w = weight[self.pooled_at : self.pooled_at + self.pooled.shape[-1]]
             pooled = self.pooled.reshape(self.b * self.n, -1)
