@@ -10,7 +10,7 @@
 MMoE is one PLE-style level with no task experts and no shared gate, so both run the same `ExtractionLevel`.
 All experts of a level are one batched computation (weights [E, in, out]: one product over all experts when
 they share their input, a batched product otherwise), never a Python loop over experts; gates are one batched
-computation too, and so is the gate-weighted mix (`mix_experts`). Every architecture exposes the mean gate weight per
+computation too. Every architecture exposes the mean gate weight per
 task over the experts of its last level ([T, E], for logging); shared bottom has none.
 
 A retrieval task (at most one) does not go through the shared part: it is a two-tower score, a user tower
@@ -64,22 +64,6 @@ class BatchedLinear(nn.Module):
         if isinstance(x, PairGrid):
             return x.project(flat, self.bias.reshape(-1)).view(-1, groups, out_dim)
         return torch.addmm(self.bias.reshape(-1), x, flat).view(-1, groups, out_dim)
-
-
-BROADCAST_MIX_ELEMENTS = 1 << 24  # 64 MB of float32: a training batch stays below, a scoring grid does not
-
-
-def mix_experts(gates: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """[N, T, H] = sum over e of gates[N, T, e] x h[N, e, H]: each task's gate-weighted mix of the experts.
-
-    As one einsum this is N tiny [T, E] x [E, H] products, and batched tiny products are slow on the CPU:
-    for a training batch (MMoE and PLE at the ML-1M widths, 4096 rows) the broadcast multiply and sum over
-    a [N, T, E, H] tensor ran 3x faster forward and backward. A scoring grid has far more rows, so above
-    `BROADCAST_MIX_ELEMENTS` the einsum, which needs no such tensor, is kept.
-    """
-    if gates.numel() * h.shape[-1] <= BROADCAST_MIX_ELEMENTS:
-        return (gates[..., None] * h[:, None]).sum(dim=2)
-    return torch.einsum("nte,neh->nth", gates, h)
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:
@@ -136,12 +120,12 @@ class ExtractionLevel(nn.Module):
         chosen = torch.softmax(self.task_gates(x if first else x[:, : self.n_tasks]).float(), dim=-1)
         gates = chosen.new_zeros(n, self.n_tasks, self.n_experts)
         gates.scatter_(2, self.task_choice.expand(n, -1, -1), chosen)
-        out = mix_experts(gates.to(h.dtype), h)
+        out = torch.einsum("nte,neh->nth", gates.to(h.dtype), h)
         if self.shared_gate is not None:
             shared = torch.softmax(
                 linear(self.shared_gate, x if first else x[:, self.n_tasks]).float(), dim=-1
             )
-            out = torch.cat([out, mix_experts(shared.to(h.dtype)[:, None], h)], dim=1)
+            out = torch.cat([out, torch.einsum("ne,neh->nh", shared.to(h.dtype), h)[:, None]], dim=1)
         return out, gates
 
 
