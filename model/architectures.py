@@ -10,8 +10,8 @@
 MMoE is one PLE-style level with no task experts and no shared gate, so both run the same `ExtractionLevel`.
 All experts of a level are one batched computation (weights [E, in, out]: one product over all experts when
 they share their input, a batched product otherwise), never a Python loop over experts; gates are one batched
-computation too. Every architecture exposes the mean gate weight per
-task over the experts of its last level ([T, E], for logging); shared bottom has none.
+computation too. Every architecture exposes the mean gate weight per task over the experts of its last level
+([T, E], for logging); shared bottom has none.
 
 A retrieval task (at most one) does not go through the shared part: it is a two-tower score, a user tower
 over the user part (with the history mean-pooled, whatever `history_pooling` says, so that the user vector
