@@ -100,8 +100,8 @@ def score_shard(broadcast, key: str, batches: Iterator[pa.RecordBatch]) -> Itera
     context = TaskContext.get()
     if context is not None:  # Spark's spark.task.cpus: no more threads than the task was given
         torch.set_num_threads(max(1, int(context.cpus())))
-    scorer, n_users = _scorer(broadcast, key)
-    for batch in batches:
+    for batch in batches:  # an empty shard never loads the model
+        scorer, n_users = _scorer(broadcast, key)
         table = pa.Table.from_batches([batch])
         scored = scorer.score(table.drop_columns([SEEN_ITEMS]), seen_pairs(table), n_users)
         yield from scored.to_batches()
@@ -125,7 +125,9 @@ def output_schema(tasks: tuple[TaskSpec, ...] | list[TaskSpec]) -> str:
 def score_on_spark(spark, model_dir: Path, features_dir: Path, cfg: Config, out_dir: Path) -> pd.DataFrame:
     """Top `cfg.scoring.top_k` unseen items for every user of `users/`, scored by the Spark executors.
 
-    Same rows and order as `model.score.score_users`; `out_dir` receives them as Parquet (replaced on rerun).
+    The rows and order of `model.score.score_users`, scores equal up to float rounding (a shard's blocks differ
+    from one process's, so an exact tie could in principle break the other way); `out_dir` receives them as
+    Parquet (replaced on rerun).
     """
     from pyspark.sql import functions as F
 
@@ -165,7 +167,13 @@ def score_on_spark(spark, model_dir: Path, features_dir: Path, cfg: Config, out_
             output_schema(model.spec.tasks),
         )
         scored.write.mode("overwrite").parquet(str(out_dir))
+        written = spark.read.parquet(str(out_dir)).count()
     finally:
         broadcast.destroy()
     table = read_features(Path(out_dir).parent, Path(out_dir).name)
+    if table.num_rows != written:
+        raise RuntimeError(
+            f"the executors wrote {written} scored rows to {out_dir}, the driver reads {table.num_rows}: "
+            "data.workdir must be storage the driver and every executor share (docs/scaling.md)"
+        )
     return table.sort_by([(schema.USER_ID, "ascending"), ("rank", "ascending")]).to_pandas()

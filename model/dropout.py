@@ -25,6 +25,8 @@ class Dropout(nn.Module):
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
         self.threshold = round(p * _LANES)  # an element is dropped when its 16 bits (unsigned) fall below it
+        if self.threshold >= _LANES:
+            raise ValueError(f"dropout probability {p} rounds to 1 at 16-bit resolution")
         self.scale = _LANES / (_LANES - self.threshold)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -35,8 +37,11 @@ class Dropout(nn.Module):
         n = x.numel()
         words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # full 64-bit range
         bits = words.view(torch.int16)[:n].view(x.shape)  # signed: uniform over [-32768, 32767]
-        keep = bits >= self.threshold - _LANES // 2
-        return x * keep.to(x.dtype).mul_(self.scale)
+        keep = (bits >= self.threshold - _LANES // 2).to(x.dtype)
+        if x.dtype == torch.float32:
+            return x * keep.mul_(self.scale)
+        # bf16/fp16: a scale rounded to the low precision would bias every kept element the same way.
+        return (x * keep).mul_(self.scale)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

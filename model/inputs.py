@@ -59,8 +59,9 @@ class ItemPart(NamedTuple):
 
 class TargetAttention(nn.Module):
     """DIN activation unit. The first layer over the concatenation [h, t, h - t, h * t] is one nn.Linear, but
-    it is applied in its decomposed form h (Wh + Wd) + t (Wt - Wd) + (h * t) Wp, so that for a grid of B users
-    x I items the per-user and per-item terms are computed once and only the product term is per pair."""
+    it is applied in its decomposed form h (Wh + Wd) + t (Wt - Wd) + (h * t) Wp: for one target per row
+    (training) the terms are added; for a grid of B users x I items all of them, bias included, go into one
+    [I, d + 1] x [d + 1, L x H] product per user (see `forward`)."""
 
     def __init__(self, dim: int, hidden: int = DIN_HIDDEN):
         super().__init__()
@@ -212,6 +213,8 @@ class PairGrid:
         if self.pooled is not None:  # + pooled @ W in the product's own accumulation, not as another pass
             pooled_w = weight[self.pooled_at : self.pooled_at + self.pooled.shape[-1]]
             pooled = self.pooled.reshape(self.b * self.n, -1)
-            # In place without autograd (out= rather than addmm_, which FlopCounterMode does not count).
-            out = torch.addmm(out, pooled, pooled_w, **({} if out.requires_grad else {"out": out}))
+            # In place without autograd (out= rather than addmm_, which FlopCounterMode does not count), and
+            # only with one dtype throughout: autocast (bf16 on CUDA) casts the plain call, not the out= form.
+            in_place = not out.requires_grad and out.dtype == pooled.dtype == pooled_w.dtype
+            out = torch.addmm(out, pooled, pooled_w, **({"out": out} if in_place else {}))
         return out

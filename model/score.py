@@ -168,7 +168,7 @@ def _seen_pairs(seen: pa.Table, users: pa.Table, items: pa.Table) -> tuple[np.nd
 
 @dataclass
 class Scorer:
-    """Everything scoring needs besides the users: the model, the blend, and the catalogue encoded once.
+    """Everything scoring needs besides the users: the model and the catalogue, encoded once.
 
     Built once per process: once for local scoring, once per Spark Python worker when scoring is spread
     over executors (jobs/spark_scoring.py), so the item side is never recomputed per user block.

@@ -132,7 +132,8 @@ class _Progress:
 def model_version(cfg: Config, run_date: date, data: TrainingData, warm_from: str | None = None) -> str:
     """`YYYYMMDD-<hash>`: the hash covers the config, the data window and the warm-start source (the
     champion's version), nothing time-dependent. The `scoring` section is left out: how a trained model is
-    applied (top K, blend, engine) does not change the model, so changing it reuses the night's model."""
+    applied (top K, blend, engine) does not change the model, so changing it keeps the model's version (a
+    rerun retrains the same model under the same name)."""
     payload = {
         "config": cfg.model_dump(mode="json", exclude={"scoring"}),
         "run_date": run_date.isoformat(),

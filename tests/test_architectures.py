@@ -430,3 +430,23 @@ def test_item_text_is_looked_up_by_item_id(tmp_path: Path) -> None:
     items_t.text = None
     with pytest.raises(ValueError, match="no text"):
         model(users, items_t)
+
+
+def test_din_grid_scoring_equals_one_pair_per_row_and_runs_under_bf16_autocast() -> None:
+    """The scoring grid folds DIN's whole first layer into one product per user (40 items: more than the
+    attention's hidden width, so the grid path); it must give forward()'s predictions pair by pair, and run
+    under bf16 autocast, where the pooled-history product cannot use its in-place form."""
+    torch.manual_seed(0)
+    model = build_model(_spec("mmoe", "din")).eval()
+    users, items = _batch(40)
+    block = users.take(slice(0, 4))
+    with torch.inference_mode():
+        grid = model.head(model.grid_features(model.user_part(block), model.item_part(items)), None)
+        for u in range(4):
+            pairs = block.take(torch.full((40,), u, dtype=torch.long))
+            assert torch.allclose(
+                grid.predictions[u * 40 : (u + 1) * 40], model(pairs, items).predictions, atol=1e-5
+            )
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.head(model.grid_features(model.user_part(block), model.item_part(items)), None)
+    assert torch.allclose(low.predictions.float(), grid.predictions, atol=0.05)
