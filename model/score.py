@@ -183,6 +183,7 @@ class Scorer:
     items: pa.Table  # sorted by item id: ties rank by this order
     item_part: ItemPart
     item_vectors: torch.Tensor | None
+    blend: Blend  # compiled once, not per scored batch
 
     @classmethod
     def build(
@@ -201,7 +202,8 @@ class Scorer:
         with torch.inference_mode(), precision(device):
             item_part = model.item_part(item_tensors(items, vocab, layout, text(layout)).to(device))
             vectors = None if model.retrieval_task is None else model.item_vectors(item_part)
-        return cls(model, meta["version"], vocab, layout, scoring, device, items, item_part, vectors)
+        blend = compile_blend(scoring.blend, model.spec.tasks)
+        return cls(model, meta["version"], vocab, layout, scoring, device, items, item_part, vectors, blend)
 
     def two_stage(self, n_users: int) -> bool:
         """Decided on the whole night's user count, so every shard of a sharded run decides alike."""
@@ -220,7 +222,6 @@ class Scorer:
         user-id order, then by rank.
         """
         model, tasks, device = self.model, self.model.spec.tasks, self.device
-        blend = compile_blend(self.scoring.blend, tasks)
         published = [j for j, t in enumerate(tasks) if t.type != "multiclass"]
         users = users.sort_by(schema.USER_ID)
         _require_unique_ids(users, schema.USER_ID, "users")
@@ -260,7 +261,7 @@ class Scorer:
                     out = model.head(features, None if match is None else match.reshape(-1))
                 width = n_items if candidates is None else n_candidates
                 preds = out.predictions.float().view(b, width, len(tasks))[..., published]
-                scores = blend({tasks[j].name: preds[..., c] for c, j in enumerate(published)}).float()
+                scores = self.blend({tasks[j].name: preds[..., c] for c, j in enumerate(published)}).float()
                 scores = scores.expand(b, width)
                 if torch.isnan(scores).any():
                     raise ValueError(f"scoring.blend {self.scoring.blend!r} gives NaN for some predictions")
