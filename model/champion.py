@@ -27,11 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from model.checkpoint import META_FILE, heldout_version, load_model, trained_before
-from model.data import FeatureLayout, example_tensors, item_text, read_features, split_by_day, text_cache_dir
+from model.data import (
+    FeatureLayout,
+    example_tensors,
+    item_text,
+    read_examples_since,
+    read_features,
+    text_cache_dir,
+)
 from model.metrics import log_loss, task_metrics
 from nightrec import schema
 from nightrec.config import Config
@@ -122,14 +128,11 @@ def validation_metrics(
     tasks = [t.name for t in model.spec.tasks]
     if tasks != cfg.task_names():
         raise ValueError(f"the model's tasks {tasks} are not the config's {cfg.task_names()}")
-    examples = read_features(features_dir, schema.EXAMPLES)
-    days = examples.column(schema.DAY).to_numpy()
-    _, val_rows = split_by_day(days, run_date, cfg.model.validation_days)
-    if from_day is not None:
-        val_rows = val_rows[days[val_rows] >= np.datetime64(from_day, "D")]
-        if not len(val_rows):
-            raise NoValidationExamples(f"no validation examples on or after {from_day}")
-    val = examples.take(pa.array(val_rows))
+    cutoff = run_date - timedelta(days=cfg.model.validation_days)
+    first_day = cutoff if from_day is None else max(cutoff, from_day)
+    val = read_examples_since(features_dir, first_day)
+    if not val.num_rows:
+        raise NoValidationExamples(f"no validation examples on or after {first_day}")
     layout = FeatureLayout.from_dict(meta["layout"])
     # Each model reads item text through its own encoder settings (the encoder's cache is shared).
     text = item_text(

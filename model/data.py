@@ -10,6 +10,7 @@ was not in the training vocabulary still gets a (neutral) representation instead
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import date, timedelta
 from pathlib import Path
@@ -18,33 +19,52 @@ from typing import Any, Self
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
 import torch
 
 from nightrec import schema
 from nightrec.config import Config, TaskConfig
 
+# Rows per batch when the examples are streamed (load_training_data): a few hundred MB of Arrow at most.
+READ_BATCH_ROWS = 262_144
 
-def read_features(features_dir: Path, name: str) -> pa.Table:
-    """Read one dataset of the features directory (a directory of part files, `_SUCCESS` ignored).
 
-    `day` is normalised to date32: a Spark writer partitioned by day would otherwise hand it back as a
-    string partition key.
-    """
+def _dataset(features_dir: Path, name: str) -> ds.Dataset:
+    """One dataset of the features directory: a directory of part files (`_SUCCESS` and dot files ignored)."""
     path = Path(features_dir) / name
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: the feature job writes the {name!r} dataset there")
-    table = pq.read_table(path)
+    return ds.dataset(path, format="parquet", partitioning="hive")
+
+
+def _date_day(table: pa.Table) -> pa.Table:
+    """`day` as date32: a Spark writer partitioned by day would otherwise hand it back as a string key."""
     if schema.DAY in table.column_names and table.schema.field(schema.DAY).type != pa.date32():
         idx = table.column_names.index(schema.DAY)
         table = table.set_column(idx, schema.DAY, pc.cast(table.column(schema.DAY), pa.date32()))
     return table
 
 
-def require_columns(table: pa.Table, columns: list[str] | tuple[str, ...], what: str) -> None:
-    missing = [c for c in columns if c not in table.column_names]
+def read_features(features_dir: Path, name: str) -> pa.Table:
+    """Read one dataset of the features directory whole."""
+    return _date_day(_dataset(features_dir, name).to_table())
+
+
+def read_feature_batches(
+    features_dir: Path, name: str, batch_rows: int = READ_BATCH_ROWS
+) -> Iterator[pa.Table]:
+    """One dataset of the features directory, at most `batch_rows` rows at a time: what streams the examples
+    instead of holding them as one Arrow table (string ids and id lists take several times the memory of the
+    tensors they become)."""
+    for batch in _dataset(features_dir, name).to_batches(batch_size=batch_rows):
+        yield _date_day(pa.Table.from_batches([batch]))
+
+
+def require_columns(table: pa.Table | pa.Schema, columns: list[str] | tuple[str, ...], what: str) -> None:
+    names = table.names if isinstance(table, pa.Schema) else table.column_names
+    missing = [c for c in columns if c not in names]
     if missing:
-        raise ValueError(f"{what}: missing columns {missing}; present: {table.column_names}")
+        raise ValueError(f"{what}: missing columns {missing}; present: {names}")
 
 
 def _as_string(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -95,35 +115,13 @@ class Vocabularies:
         return cls(Vocabulary(data["users"]), Vocabulary(data["items"]), Vocabulary(data["categories"]))
 
 
-def _list_label_columns(examples: pa.Table) -> list[str]:
+def _list_label_columns(table_schema: pa.Schema) -> list[str]:
     """The `label_<task>` columns that hold category lists: the labels of multiclass tasks."""
     return [
         name
-        for name in examples.column_names
-        if name.startswith(schema.LABEL_PREFIX) and pa.types.is_list(examples.schema.field(name).type)
+        for name in table_schema.names
+        if name.startswith(schema.LABEL_PREFIX) and pa.types.is_list(table_schema.field(name).type)
     ]
-
-
-def build_vocabularies(examples: pa.Table, users: pa.Table, items: pa.Table) -> Vocabularies:
-    """Users and items of the examples and of the run-date tables; history items share the item table.
-
-    Categories also come from the multiclass labels: a user's history may hold an item no longer in
-    `items/`, and its categories must still be classes of the target distribution.
-    """
-    return Vocabularies(
-        users=Vocabulary.build(examples.column(schema.USER_ID), users.column(schema.USER_ID)),
-        items=Vocabulary.build(
-            examples.column(schema.ITEM_ID),
-            items.column(schema.ITEM_ID),
-            pc.list_flatten(examples.column(schema.HISTORY)),
-            pc.list_flatten(users.column(schema.HISTORY)),
-        ),
-        categories=Vocabulary.build(
-            pc.list_flatten(examples.column(schema.CATEGORIES)),
-            pc.list_flatten(items.column(schema.CATEGORIES)),
-            *(pc.list_flatten(examples.column(c)) for c in _list_label_columns(examples)),
-        ),
-    )
 
 
 @dataclass(frozen=True)
@@ -247,38 +245,102 @@ def text_cache_dir(cfg: Config) -> Path:
     return Path(cfg.data.workdir) / "text-cache"
 
 
-def fit_layout(
-    examples: pa.Table,
-    items: pa.Table,
-    train_rows: np.ndarray,
-    history_length: int,
-    text: ItemText | None = None,
-) -> FeatureLayout:
-    """Feature columns from the examples; normalisation statistics from the training rows only."""
-    require_columns(examples, [schema.HISTORY, schema.CATEGORIES], "examples")
-    user_dense = dense_columns(examples.schema, schema.USER_PREFIX, schema.HISTORY)
-    item_dense = dense_columns(examples.schema, schema.ITEM_PREFIX, schema.CATEGORIES)
-    require_columns(items, [schema.CATEGORIES], "items")
-    lengths = [
-        pc.max(pc.list_value_length(t.column(schema.CATEGORIES))).as_py() or 0 for t in (examples, items)
-    ]
-    columns = user_dense + item_dense
-    train = _log_dense(examples, columns)[train_rows]
-    mean, std = train.mean(axis=0), train.std(axis=0)
-    std = np.where(std < 1e-6, 1.0, std)  # a constant column stays at 0 instead of dividing by ~0
-    return FeatureLayout(
-        user_dense=user_dense,
-        item_dense=item_dense,
-        history_length=history_length,
-        max_categories=max(1, *lengths),
-        mean={c: float(m) for c, m in zip(columns, mean, strict=True)},
-        std={c: float(s) for c, s in zip(columns, std, strict=True)},
-        **(
-            {}
-            if text is None
-            else {"text_encoder": text.encoder, "text_dim": text.dim, "text_width": text.vectors.shape[1]}
-        ),
-    )
+class _Moments:
+    """Mean and population std per column, merged batch by batch (Chan et al.'s pairwise update), so the
+    normalisation statistics need one batch of examples in memory, not all of them."""
+
+    def __init__(self, width: int):
+        self.count = 0
+        self.mean = np.zeros(width)
+        self.m2 = np.zeros(width)
+
+    def add(self, x: np.ndarray) -> None:
+        n = x.shape[0]
+        if n == 0:
+            return
+        mean = x.mean(axis=0)
+        m2 = ((x - mean) ** 2).sum(axis=0)
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / max(self.count, 1))
+
+
+class _ExampleScan:
+    """One pass over the examples, batch by batch: the distinct ids and categories the vocabularies need,
+    the longest category list, and the dense columns' statistics over the training rows (day < cutoff)."""
+
+    def __init__(self, table_schema: pa.Schema, cutoff: np.datetime64):
+        self.user_dense = dense_columns(table_schema, schema.USER_PREFIX, schema.HISTORY)
+        self.item_dense = dense_columns(table_schema, schema.ITEM_PREFIX, schema.CATEGORIES)
+        self.list_labels = _list_label_columns(table_schema)
+        self.cutoff = cutoff
+        self.users: list[pa.Array] = []
+        self.items: list[pa.Array] = []
+        self.categories: list[pa.Array] = []
+        self.max_categories = 0
+        self.moments = _Moments(len(self.user_dense) + len(self.item_dense))
+
+    def add(self, batch: pa.Table) -> None:
+        self.users.append(pc.unique(_as_string(batch.column(schema.USER_ID)).combine_chunks()))
+        self.items.append(
+            pc.unique(
+                pa.chunked_array(
+                    [
+                        _as_string(batch.column(schema.ITEM_ID)).combine_chunks(),
+                        _as_string(pc.list_flatten(batch.column(schema.HISTORY))).combine_chunks(),
+                    ],
+                    pa.string(),
+                )
+            )
+        )
+        for column in [schema.CATEGORIES, *self.list_labels]:
+            self.categories.append(
+                pc.unique(_as_string(pc.list_flatten(batch.column(column))).combine_chunks())
+            )
+        lengths = pc.max(pc.list_value_length(batch.column(schema.CATEGORIES))).as_py() or 0
+        self.max_categories = max(self.max_categories, lengths)
+        train = batch.column(schema.DAY).to_numpy() < self.cutoff
+        self.moments.add(_log_dense(batch, self.user_dense + self.item_dense)[train])
+
+    def vocabularies(self, users: pa.Table, items: pa.Table) -> Vocabularies:
+        """Users and items of the examples and of the run-date tables; history items share the item table.
+
+        Categories also come from the multiclass labels: a user's history may hold an item no longer in
+        `items/`, and its categories must still be classes of the target distribution.
+        """
+        return Vocabularies(
+            users=Vocabulary.build(*self.users, users.column(schema.USER_ID)),
+            items=Vocabulary.build(
+                *self.items, items.column(schema.ITEM_ID), pc.list_flatten(users.column(schema.HISTORY))
+            ),
+            categories=Vocabulary.build(*self.categories, pc.list_flatten(items.column(schema.CATEGORIES))),
+        )
+
+    def layout(self, items: pa.Table, history_length: int, text: ItemText | None) -> FeatureLayout:
+        """Feature columns from the examples; normalisation statistics from the training rows only."""
+        require_columns(items, [schema.CATEGORIES], "items")
+        item_categories = pc.max(pc.list_value_length(items.column(schema.CATEGORIES))).as_py() or 0
+        columns = self.user_dense + self.item_dense
+        std = self.moments.std()
+        std = np.where(std < 1e-6, 1.0, std)  # a constant column stays at 0 instead of dividing by ~0
+        return FeatureLayout(
+            user_dense=self.user_dense,
+            item_dense=self.item_dense,
+            history_length=history_length,
+            max_categories=max(1, self.max_categories, item_categories),
+            mean={c: float(m) for c, m in zip(columns, self.moments.mean, strict=True)},
+            std={c: float(s) for c, s in zip(columns, std, strict=True)},
+            **(
+                {}
+                if text is None
+                else {"text_encoder": text.encoder, "text_dim": text.dim, "text_width": text.vectors.shape[1]}
+            ),
+        )
 
 
 def _normalised_dense(table: pa.Table, columns: tuple[str, ...], layout: FeatureLayout) -> torch.Tensor:
@@ -338,6 +400,15 @@ class TensorGroup:
 
         kind = type(groups[0])
         return kind(**{f.name: one([getattr(g, f.name) for g in groups]) for f in fields(kind)})  # type: ignore[arg-type]
+
+    def write_rows(self, start: int, part: Self) -> None:
+        """Copy the rows of `part` (a group of the same kind and shapes) into this group from row `start` on."""
+        for f in fields(self):  # type: ignore[arg-type]
+            mine, theirs = getattr(self, f.name), getattr(part, f.name)
+            if isinstance(mine, TensorGroup):
+                mine.write_rows(start, theirs)
+            elif mine is not None:
+                mine[start : start + len(theirs)] = theirs
 
     def __len__(self) -> int:
         first = getattr(self, fields(self)[0].name)  # type: ignore[arg-type]
@@ -476,6 +547,17 @@ def example_tensors(
     )
 
 
+def read_examples_since(features_dir: Path, first_day: date) -> pa.Table:
+    """The examples on or after `first_day` (a validation slice), filtered batch by batch so that the
+    earlier days are never held in memory."""
+    since = pa.scalar(first_day, pa.date32())
+    parts = [
+        batch.filter(pc.greater_equal(batch.column(schema.DAY), since))
+        for batch in read_feature_batches(features_dir, schema.EXAMPLES)
+    ]
+    return pa.concat_tables(parts) if parts else read_features(features_dir, schema.EXAMPLES)
+
+
 def split_by_day(days: np.ndarray, run_date: date, validation_days: int) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of (train, validation): validation is every example on or after the cutoff day.
 
@@ -507,32 +589,67 @@ def split_by_day(days: np.ndarray, run_date: date, validation_days: int) -> tupl
 class TrainingData:
     vocab: Vocabularies
     layout: FeatureLayout
-    train: ExampleTensors
-    val: ExampleTensors
+    examples: ExampleTensors  # every example, sorted by (day, user, item): `train` then `val`
+    train: ExampleTensors  # a view of the first rows of `examples`
+    val: ExampleTensors  # a view of the rest
     first_day: date
     last_day: date
 
 
-def load_training_data(features_dir: Path, cfg: Config, run_date: date) -> TrainingData:
-    """Everything training needs, read once: vocabularies, feature layout, train/validation tensors."""
-    # Spark writes part files in no fixed row order: sort so that a seed fixes the batches, and so the model.
-    examples = read_features(features_dir, schema.EXAMPLES).sort_by(
-        [(schema.DAY, "ascending"), (schema.USER_ID, "ascending"), (schema.ITEM_ID, "ascending")]
+def load_training_data(
+    features_dir: Path, cfg: Config, run_date: date, batch_rows: int = READ_BATCH_ROWS
+) -> TrainingData:
+    """Everything training needs: vocabularies, feature layout, train/validation tensors.
+
+    The examples are streamed twice, `batch_rows` at a time (once for vocabularies and statistics, once into
+    tensors allocated up front), so the peak is the compact tensors plus one batch, never the whole Arrow
+    table. The rows are then sorted by (day, user, item), in place one tensor at a time: Spark writes part
+    files in no fixed row order, and a seed must fix the batches. Sorted by day, the training rows come
+    first and both slices are views, not copies.
+    """
+    examples = _dataset(features_dir, schema.EXAMPLES)
+    require_columns(
+        examples.schema,
+        [schema.USER_ID, schema.ITEM_ID, schema.DAY, schema.HISTORY, schema.CATEGORIES],
+        "examples",
     )
-    users = read_features(features_dir, schema.USERS)
+    days = _date_day(examples.to_table(columns=[schema.DAY])).column(schema.DAY).to_numpy()
+    train_rows, _ = split_by_day(days, run_date, cfg.model.validation_days)
+    n_train, n = len(train_rows), len(days)
+    first_day, last_day = days.min().astype(object), days.max().astype(object)
+    del days, train_rows
+    scan = _ExampleScan(
+        examples.schema, np.datetime64(run_date - timedelta(days=cfg.model.validation_days), "D")
+    )
+    for batch in read_feature_batches(features_dir, schema.EXAMPLES, batch_rows):
+        scan.add(batch)
     items = read_features(features_dir, schema.ITEMS)
-    require_columns(examples, [schema.USER_ID, schema.ITEM_ID, schema.DAY], "examples")
-    days = examples.column(schema.DAY).to_numpy()
-    train_rows, val_rows = split_by_day(days, run_date, cfg.model.validation_days)
-    vocab = build_vocabularies(examples, users, items)
+    vocab = scan.vocabularies(read_features(features_dir, schema.USERS), items)
     text = item_text(items, cfg.model.text_encoder, cfg.model.text_dim, text_cache_dir(cfg))
-    layout = fit_layout(examples, items, train_rows, cfg.features.history_length, text)
-    full = example_tensors(examples, vocab, layout, cfg.tasks, text)
+    layout = scan.layout(items, cfg.features.history_length, text)
+    del scan, items
+
+    full: ExampleTensors | None = None
+    day_parts, start = [], 0
+    for batch in read_feature_batches(features_dir, schema.EXAMPLES, batch_rows):
+        part = example_tensors(batch, vocab, layout, cfg.tasks, text)
+        if full is None:
+            full = part.apply(lambda t: t.new_empty((n, *t.shape[1:])))
+        full.write_rows(start, part)
+        day_parts.append(batch.column(schema.DAY).to_numpy())
+        start += len(part)
+    if full is None or start != n:
+        raise RuntimeError(f"the examples changed while they were read: {n} rows, then {start}")
+    order = torch.from_numpy(
+        np.lexsort((full.items.item.numpy(), full.users.user.numpy(), np.concatenate(day_parts)))
+    )
+    full.apply(lambda t: t.copy_(t[order]))  # one tensor's copy at a time, not the whole group's
     return TrainingData(
         vocab=vocab,
         layout=layout,
-        train=full.take(torch.from_numpy(train_rows)),
-        val=full.take(torch.from_numpy(val_rows)),
-        first_day=days.min().astype(object),
-        last_day=days.max().astype(object),
+        examples=full,
+        train=full.take(slice(0, n_train)),
+        val=full.take(slice(n_train, n)),
+        first_day=first_day,
+        last_day=last_day,
     )

@@ -170,7 +170,7 @@ def _inputs_fingerprint(version: str, data: TrainingData, shard: Shard) -> str:
     digest = hashlib.sha256(f"{version}|world={shard.world}".encode())
     for group in (data.train, data.val):
         for tensor in _tensors(group):
-            digest.update(tensor.contiguous().cpu().numpy().tobytes())
+            digest.update(tensor.contiguous().cpu().numpy())  # the buffer itself: no copy on CPU
     return digest.hexdigest()
 
 
@@ -373,7 +373,7 @@ def _refit(
     resumes the selection (already finished) and refits again.
     """
     mc = cfg.model
-    examples = TensorGroup.cat([data.train, data.val]).to(device)
+    examples = data.examples.to(device)
     model, balancer, optimizer, generator, _ = _start(spec, cfg, data, examples, warm_from, device)
     forward: nn.Module = model
     if shard.world > 1:

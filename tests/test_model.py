@@ -218,6 +218,58 @@ def test_split_by_day_keeps_validation_after_the_cutoff() -> None:
         split_by_day(leaked, RUN_DATE, validation_days=3)
 
 
+def test_streamed_loading_is_the_one_batch_load_sorted_by_day_user_item(
+    features_dir: Path, cfg: Config, tmp_path: Path
+) -> None:
+    """Examples in shuffled part files, streamed 97 rows at a time, give the tensors of a single batch, in
+    (day, user, item) order, with statistics over the training rows, and train/val as views of one copy."""
+    examples = read_features(features_dir, schema.EXAMPLES)
+    keys = [schema.DAY, schema.USER_ID, schema.ITEM_ID]
+    frame = examples.to_pandas().drop_duplicates(keys).sample(frac=1.0, random_state=3)
+    dest = tmp_path / "features"
+    for name in (schema.USERS, schema.ITEMS, schema.SEEN):
+        shutil.copytree(features_dir / name, dest / name)
+    (dest / schema.EXAMPLES).mkdir(parents=True)
+    for k, part in enumerate(np.array_split(np.arange(len(frame)), 3)):
+        table = pa.Table.from_pandas(frame.iloc[part], schema=examples.schema, preserve_index=False)
+        pq.write_table(table, dest / schema.EXAMPLES / f"part-{k:05d}.parquet")
+
+    whole = load_training_data(dest, cfg, RUN_DATE, batch_rows=10**9)
+    streamed = load_training_data(dest, cfg, RUN_DATE, batch_rows=97)
+
+    assert streamed.vocab.to_json() == whole.vocab.to_json()
+    for a, b in zip(_leaves(streamed.examples), _leaves(whole.examples), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.allclose(a, b, rtol=0, atol=1e-5) if a.is_floating_point() else torch.equal(a, b)
+
+    expected = frame.sort_values(keys)
+    users, items = streamed.vocab.users.tokens, streamed.vocab.items.tokens
+    assert [users[i - 1] for i in streamed.examples.users.user.tolist()] == expected[schema.USER_ID].tolist()
+    assert [items[i - 1] for i in streamed.examples.items.item.tolist()] == expected[schema.ITEM_ID].tolist()
+    cutoff = RUN_DATE - timedelta(days=cfg.model.validation_days)
+    train = expected[expected[schema.DAY] < cutoff]
+    assert len(streamed.train) == len(train) and len(streamed.val) == len(expected) - len(train)
+    for column in ("u_cnt_7d", "i_pop_7d"):
+        x = np.log1p(train[column].to_numpy(np.float64))
+        assert streamed.layout.mean[column] == pytest.approx(x.mean(), rel=1e-12)
+        assert streamed.layout.std[column] == pytest.approx(x.std(), rel=1e-12)
+
+    storage = streamed.examples.users.history.untyped_storage().data_ptr()
+    assert streamed.train.users.history.untyped_storage().data_ptr() == storage
+    assert streamed.val.users.history.untyped_storage().data_ptr() == storage
+
+
+def _leaves(group) -> list[torch.Tensor]:
+    out = []
+    for name in vars(group):
+        value = getattr(group, name)
+        if isinstance(value, torch.Tensor):
+            out.append(value)
+        elif value is not None:
+            out.extend(_leaves(value))
+    return out
+
+
 def test_padded_lists_keep_newest_history_and_first_categories() -> None:
     vocab = Vocabulary.build(pa.array(["a", "b", "c"]))
     column = pa.chunked_array([pa.array([["a", "b", "c"], [], None, ["zzz", "a"]], pa.list_(pa.string()))])
