@@ -62,7 +62,7 @@ class BatchedLinear(nn.Module):
         # One input for all groups: the groups side by side as one [in, groups * out] layer, one product.
         flat = self.weight.permute(1, 0, 2).reshape(in_dim, groups * out_dim)
         if isinstance(x, PairGrid):
-            return x.project(flat, self.bias.reshape(-1)).view(-1, groups, out_dim)
+            return x.project(flat, self.bias.reshape(-1), self).view(-1, groups, out_dim)
         return torch.addmm(self.bias.reshape(-1), x, flat).view(-1, groups, out_dim)
 
 
@@ -73,7 +73,7 @@ def relu(x: torch.Tensor) -> torch.Tensor:
 
 def linear(layer: nn.Linear, x: torch.Tensor | PairGrid) -> torch.Tensor:
     """`layer(x)`, also on a factorised PairGrid."""
-    return x.project(layer.weight.T, layer.bias) if isinstance(x, PairGrid) else layer(x)
+    return x.project(layer.weight.T, layer.bias, layer) if isinstance(x, PairGrid) else layer(x)
 
 
 class ExtractionLevel(nn.Module):
@@ -234,7 +234,9 @@ class MultiTaskModel(InputEncoder):
             weight = self.wide.new_zeros(self.out_dim, self.wide.shape[1]).index_copy(
                 0, self.dense_columns, self.wide
             )
-            wide = (x.project(weight, None) if isinstance(x, PairGrid) else x @ weight).float()  # [N, T]
+            wide = (
+                x.project(weight, None, self.wide) if isinstance(x, PairGrid) else x @ weight
+            ).float()  # [N, T]
             outs = [
                 out if task.type in ("multiclass", "retrieval") else out + wide[:, t : t + 1]
                 for t, (out, task) in enumerate(zip(outs, self.spec.tasks, strict=True))

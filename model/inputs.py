@@ -19,6 +19,7 @@ is computed per user and per item and only summed per pair.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import NamedTuple
 
 import torch
@@ -152,22 +153,34 @@ class InputEncoder(nn.Module):
             static = torch.cat([static[:, :d], pooled, static[:, d:]], dim=1)
         return torch.cat([static, item.vector], dim=1)
 
-    def grid_features(self, user: UserPart, item: ItemPart) -> PairGrid:
-        """Every user of a block against every item, as a factorised `PairGrid` (B x I pairs, user-major)."""
-        return self._grid(user, item, None)
+    def grid_features(self, user: UserPart, item: ItemPart, item_terms: dict | None = None) -> PairGrid:
+        """Every user of a block against every item, as a factorised `PairGrid` (B x I pairs, user-major).
 
-    def candidate_features(self, user: UserPart, item: ItemPart, candidates: torch.Tensor) -> PairGrid:
+        `item_terms`: see `PairGrid`; for a caller that scores the same items block after block."""
+        return self._grid(user, item, None, item_terms)
+
+    def candidate_features(
+        self, user: UserPart, item: ItemPart, candidates: torch.Tensor, item_terms: dict | None = None
+    ) -> PairGrid:
         """Each user of a block against its own N candidates (item rows [B, N]), as a `PairGrid`."""
-        return self._grid(user, item, candidates)
+        return self._grid(user, item, candidates, item_terms)
 
-    def _grid(self, user: UserPart, item: ItemPart, candidates: torch.Tensor | None) -> PairGrid:
+    def _grid(
+        self, user: UserPart, item: ItemPart, candidates: torch.Tensor | None, item_terms: dict | None
+    ) -> PairGrid:
         pooled = None
         if self.attention is not None:
             targets = item.target[None] if candidates is None else item.target[candidates]
             pooled = self.attention(user.history, user.history_mask, targets)  # [B, N, d]
         # With DIN the pooled history sits right after the user id embedding (see pair_features).
         return PairGrid(
-            user.static, pooled, item.vector, candidates, self.user_embedding.embedding_dim, self.user_dim
+            user.static,
+            pooled,
+            item.vector,
+            candidates,
+            self.user_embedding.embedding_dim,
+            self.user_dim,
+            item_terms,
         )
 
 
@@ -179,6 +192,11 @@ class PairGrid:
     with DIN, a pooled-history term: `project` computes the first two once per user and once per item and
     only adds them per pair, so the first layer of the network costs an addition per pair instead of a
     product over the full width (with DIN, a product over the pooled d columns remains).
+
+    `item_terms`, when given, keeps each layer's item term (keyed by the `key` of `project`) for the next
+    grids over the same items: scoring in blocks then computes it once per run instead of once per block,
+    which in two-stage scoring (N candidates of a large catalogue) would cost more than the block itself.
+    Only for fixed weights and items without autograd (the terms are kept, not recomputed).
     """
 
     def __init__(
@@ -189,27 +207,37 @@ class PairGrid:
         candidates: torch.Tensor | None,
         pooled_at: int,
         user_dim: int,
+        item_terms: dict | None = None,
     ):
         self.user, self.pooled, self.items = user, pooled, items  # [B, Du], [B, N, d] | None, [I, Di]
+        self.item_terms = item_terms
         self.candidates = candidates  # [B, N] item rows of each user's pairs; None: every item
         self.pooled_at, self.user_dim = pooled_at, user_dim
         self.b = user.shape[0]
         self.n = items.shape[0] if candidates is None else candidates.shape[1]
 
-    def project(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """[B * N, out] = pair_features @ weight + bias, for weight [in, out]."""
-        item_w = weight[self.user_dim :]
+    def project(self, weight: torch.Tensor, bias: torch.Tensor | None, key: Hashable) -> torch.Tensor:
+        """[B * N, out] = pair_features @ weight + bias, for weight [in, out]; `key` names the layer (its
+        module) in `item_terms`."""
         if self.pooled is None:
             user_w = weight[: self.user_dim]
         else:
             d, at = self.pooled.shape[-1], self.pooled_at
             user_w = torch.cat([weight[:at], weight[at + d : self.user_dim]])
-        per_item = self.items @ item_w  # [I, out]: once per item, gathered for candidates
-        if bias is not None:
-            per_item = per_item + bias  # once per item, not once per pair
-        per_item = per_item[None] if self.candidates is None else per_item[self.candidates]
-        # The one per-pair addition of the first layer.
-        out = ((self.user @ user_w)[:, None, :] + per_item).reshape(self.b * self.n, -1)
+        per_item = None if self.item_terms is None else self.item_terms.get(key)
+        if per_item is None:
+            per_item = self.items @ weight[self.user_dim :]  # [I, out]: once per item
+            if bias is not None:
+                per_item = per_item + bias  # once per item, not once per pair
+            if self.item_terms is not None:
+                self.item_terms[key] = per_item
+        user_term = (self.user @ user_w)[:, None, :]
+        # The one per-pair addition of the first layer; for candidates in place on their gathered rows.
+        if self.candidates is None:
+            out = (user_term + per_item[None]).reshape(self.b * self.n, -1)
+        else:
+            out = per_item.index_select(0, self.candidates.reshape(-1)).view(self.b, self.n, -1)
+            out = out.add_(user_term).view(self.b * self.n, -1)
         if self.pooled is not None:  # + pooled @ W in the product's own accumulation, not as another pass
             pooled_w = weight[self.pooled_at : self.pooled_at + self.pooled.shape[-1]]
             pooled = self.pooled.reshape(self.b * self.n, -1)

@@ -231,6 +231,7 @@ class Scorer:
         n_candidates = self.scoring.retrieval_candidates
         two_stage = self.two_stage(n_users)
         parts: dict[str, list[np.ndarray]] = {"user": [], "rank": [], "item": [], "score": [], "preds": []}
+        item_terms: dict = {}  # each first layer's item term, computed on the first block (PairGrid)
         with torch.inference_mode():
             bar = tqdm(total=users.num_rows, unit="user", desc="scoring", disable=not show_progress)
             for start in range(0, users.num_rows, block_size):
@@ -253,11 +254,11 @@ class Scorer:
                         # The N best unseen items by retrieval score, in item order (ties then rank by position).
                         picked = match.masked_fill(is_seen, float("-inf")).topk(n_candidates, dim=1).indices
                         candidates = picked.sort(dim=1).values
-                        features = model.candidate_features(user, self.item_part, candidates)
+                        features = model.candidate_features(user, self.item_part, candidates, item_terms)
                         match = match.gather(1, candidates)
                         is_seen = is_seen.gather(1, candidates)
                     else:
-                        features = model.grid_features(user, self.item_part)
+                        features = model.grid_features(user, self.item_part, item_terms)
                     out = model.head(features, None if match is None else match.reshape(-1))
                 width = n_items if candidates is None else n_candidates
                 preds = out.predictions.float().view(b, width, len(tasks))[..., published]
