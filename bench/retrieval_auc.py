@@ -1,0 +1,85 @@
+"""What a model's retrieval score ranks: its validation AUC beside the item popularity and two corrections.
+
+Two-stage scoring is only as good as the retrieval score's order. On the validation slice of a run's
+features (positives of the retrieval task's label against the sampled negatives) this prints the AUC of:
+the retrieval score; the item's count of training positives alone (popularity); and the score plus and
+minus log q, q being each item's share of the training positives (the logQ correction's distribution). A
+score that has learned log p(item | user), as an in-batch softmax with logQ correction should, ranks at
+least as well as popularity; one closer to the pointwise mutual information log p(item | user) / q(item)
+(what the softmax learns without the correction) ranks better once log q is added back.
+
+    python bench/retrieval_auc.py --model-dir var/ml100k/work/models/<version>.heldout \\
+        --features var/ml100k/work/runs/1998-03-01/features --config configs/movielens.toml \\
+        --run-date 1998-03-01 --json var/bench/retrieval_auc.json
+
+Use the `.heldout` twin of a refit model: the refit one has trained on the validation days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import load_model
+from model.data import load_training_data
+from model.metrics import roc_auc
+from model.train import positives_per_item
+from nightrec.config import load_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--features", type=Path, required=True)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--run-date", type=date.fromisoformat, required=True)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    cfg = load_config(args.config)
+    model, _, _ = load_model(args.model_dir)
+    if model.retrieval_task is None:
+        parser.error(f"{args.model_dir} has no retrieval task")
+    task = model.retrieval_task
+    data = load_training_data(args.features, cfg, args.run_date)
+    with torch.inference_mode():
+        scores = torch.cat(
+            [
+                model(batch.users, batch.items).predictions[:, task]
+                for batch in (
+                    data.val.take(slice(s, s + cfg.model.batch_size))
+                    for s in range(0, len(data.val), cfg.model.batch_size)
+                )
+            ]
+        ).numpy()
+    mask = data.val.label_mask[:, task].numpy()
+    labels = data.val.labels[mask, task].numpy()
+    counts = positives_per_item(data.train, task, model.spec.n_items).double().numpy() + 1.0
+    items = data.val.items.item.numpy()[mask]
+    log_q = np.log(counts / counts.sum())[items]
+    score = scores[mask].astype(np.float64)
+    rows = {
+        "retrieval score": roc_auc(labels, score),
+        "popularity (training positives)": roc_auc(labels, counts[items]),
+        "score + log q": roc_auc(labels, score + log_q),
+        "score - log q": roc_auc(labels, score - log_q),
+    }
+    print(f"validation examples: {len(labels)}, positives: {int(labels.sum())}")
+    print("| ranking by | AUC |\n|---|---:|")
+    for name, auc in rows.items():
+        print(f"| {name} | {auc:.3f} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "auc": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
