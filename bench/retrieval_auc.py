@@ -17,14 +17,13 @@ Use the `.heldout` twin of a refit model: the refit one has trained on the valid
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
+from night_args import night_parser
 
 from model.checkpoint import load_model
 from model.data import load_training_data
@@ -34,13 +33,7 @@ from nightrec.config import load_config
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--features", type=Path, required=True)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--run-date", type=date.fromisoformat, required=True)
+    parser = night_parser(__doc__, model_dir=True, run_date=True)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 

@@ -11,13 +11,13 @@ them), for each N asked. Recall = |two-stage top K & full top K| / |full top K|,
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+from night_args import night_parser
 
 from model.score import score_users
 from nightrec.config import Config, load_config
@@ -35,12 +35,7 @@ def recall(full: pd.DataFrame, staged: pd.DataFrame) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--features", type=Path, required=True)
-    parser.add_argument("--config", required=True)
+    parser = night_parser(__doc__, model_dir=True)
     parser.add_argument("--candidates", default="50,100,200,500")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--json", type=Path)

@@ -12,7 +12,6 @@ clock runs (its start is reported apart), as in the nightly, where the feature s
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from night_args import night_parser
 
 from jobs.spark import get_spark
 from jobs.spark_scoring import score_on_spark
@@ -42,12 +42,7 @@ def same_rows(a: pd.DataFrame, b: pd.DataFrame) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--features", type=Path, required=True)
-    parser.add_argument("--config", required=True)
+    parser = night_parser(__doc__, model_dir=True)
     parser.add_argument("--shards", default="2,4", help="Spark shard counts to time, comma-separated")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

@@ -15,11 +15,10 @@ script comes from this checkout, the code from PYTHONPATH):
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
+from night_args import night_parser
 
 from model.data import read_features
 from model.device import resolve_device
@@ -29,12 +28,7 @@ from nightrec.config import load_config
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--features", type=Path, required=True)
-    parser.add_argument("--config", required=True)
+    parser = night_parser(__doc__, model_dir=True)
     parser.add_argument("--users", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()

@@ -12,7 +12,6 @@ large fp32 torch.mm on the same threads.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from night_args import night_parser
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.checkpoint import load_model
@@ -105,12 +105,7 @@ def variant(cfg: Config, architecture: str) -> Config:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--features", type=Path, required=True)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--run-date", type=date.fromisoformat, required=True)
+    parser = night_parser(__doc__, run_date=True)
     parser.add_argument("--architectures", default="shared_bottom,mmoe,ple")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)

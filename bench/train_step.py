@@ -11,12 +11,10 @@ optimizer's implementation (the same AdamW, same settings) to compare them on th
 
 from __future__ import annotations
 
-import argparse
 import time
-from datetime import date
-from pathlib import Path
 
 import torch
+from night_args import night_parser
 from torch.profiler import ProfilerActivity, profile
 
 from model.data import load_training_data
@@ -28,12 +26,7 @@ IMPLEMENTATIONS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--features", type=Path, required=True)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--run-date", type=date.fromisoformat, required=True)
+    parser = night_parser(__doc__, run_date=True)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--adamw", choices=sorted(IMPLEMENTATIONS), help="default: as training builds it")
     args = parser.parse_args()

@@ -1,0 +1,26 @@
+"""The command-line arguments the bench scripts that read one night share.
+
+Imported by the scripts as a sibling module (`python bench/<script>.py` puts bench/ on the path), so a
+script run against another checkout's code through PYTHONPATH still finds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+from pathlib import Path
+
+
+def night_parser(
+    doc: str | None, *, model_dir: bool = False, run_date: bool = False
+) -> argparse.ArgumentParser:
+    """A parser with --features and --config (the night's), and --model-dir / --run-date where asked;
+    `doc` (the script's docstring) is its description, printed as written."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if model_dir:
+        parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--features", type=Path, required=True)
+    parser.add_argument("--config", required=True)
+    if run_date:
+        parser.add_argument("--run-date", type=date.fromisoformat, required=True)
+    return parser
