@@ -1,7 +1,8 @@
 """What a model's retrieval score ranks: its validation AUC beside the item popularity and two corrections.
 
 Two-stage scoring is only as good as the retrieval score's order. On the validation slice of a run's
-features (positives of the retrieval task's label against the sampled negatives) this prints the AUC of:
+features (positives of the retrieval task's label against the sampled negatives) this prints the AUC,
+pooled over all examples and as the mean of each user's own AUC (what picking a user's candidates needs), of:
 the retrieval score; the item's count of training positives alone (popularity); and the score plus and
 minus log q, q being each item's share of the training positives (the logQ correction's distribution). A
 score that has learned log p(item | user), as an in-batch softmax with logQ correction should, ranks at
@@ -59,19 +60,37 @@ def main() -> None:
     items = data.val.items.item.numpy()[mask]
     log_q = np.log(counts / counts.sum())[items]
     score = scores[mask].astype(np.float64)
+    users = data.val.users.user.numpy()[mask]
+    rankings = {
+        "retrieval score": score,
+        "popularity (training positives)": counts[items],
+        "score + log q": score + log_q,
+        "score - log q": score - log_q,
+    }
     rows = {
-        "retrieval score": roc_auc(labels, score),
-        "popularity (training positives)": roc_auc(labels, counts[items]),
-        "score + log q": roc_auc(labels, score + log_q),
-        "score - log q": roc_auc(labels, score - log_q),
+        name: {"pooled": roc_auc(labels, values), "per_user": per_user_auc(users, labels, values)}
+        for name, values in rankings.items()
     }
     print(f"validation examples: {len(labels)}, positives: {int(labels.sum())}")
-    print("| ranking by | AUC |\n|---|---:|")
+    print("| ranking by | AUC, pooled | AUC, mean over users |\n|---|---:|---:|")
     for name, auc in rows.items():
-        print(f"| {name} | {auc:.3f} |")
+        print(f"| {name} | {auc['pooled']:.3f} | {auc['per_user']:.3f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "auc": rows}, indent=2))
+
+
+def per_user_auc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mean over the users with a positive and a negative of each user's own AUC: what candidate picking
+    needs (one user's items against each other). A softmax score is only defined up to a per-user constant,
+    which the pooled AUC counts against it."""
+    aucs = []
+    for user in np.unique(users):
+        rows = users == user
+        auc = roc_auc(labels[rows], scores[rows])
+        if auc is not None:
+            aucs.append(auc)
+    return float(np.mean(aucs))
 
 
 if __name__ == "__main__":

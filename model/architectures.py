@@ -171,8 +171,9 @@ class MultiTaskModel(InputEncoder):
         # Wide & deep (Cheng et al., 2016): per task, a linear term of the dense features added to the logit.
         self.wide = nn.Parameter(torch.zeros(len(self.dense_columns), len(spec.tasks))) if spec.wide else None
         # log of each item's share of the training positives: the logQ correction of the in-batch softmax.
-        # Set by the trainer (`set_sampling_distribution`), not saved: scoring does not use it.
-        self.register_buffer("item_log_q", torch.zeros(spec.n_items), persistent=False)
+        # Set by the trainer (`set_sampling_distribution`) and saved: two-stage scoring adds it back to the
+        # retrieval score when it picks candidates (model/score.py).
+        self.register_buffer("item_log_q", torch.zeros(spec.n_items))
         self.register_buffer(
             "task_weights",
             torch.tensor([t.weight for t in spec.tasks], dtype=torch.float32),

@@ -135,6 +135,8 @@ def load_model(
     """
     state, meta, vocab = load_weights(model_dir, device)
     model = build_model(ModelSpec.from_dict(meta["model_spec"]))
+    # Models saved before the sampling distribution was kept: log q = 0, candidates by the score alone.
+    state.setdefault("item_log_q", model.item_log_q.to(device))
     model.load_state_dict(state)
     return model.to(device).eval(), meta, vocab
 

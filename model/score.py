@@ -8,9 +8,10 @@ over the grid. Peak memory is about block x items x max(experts x expert_hidden[
 x 4 bytes: lower `user_batch_size` for large catalogues.
 
 With a retrieval task and a large catalogue (users x items >= `scoring.two_stage_min_pairs`) scoring has two
-stages: the retrieval score (one matrix product per block) picks `scoring.retrieval_candidates` unseen items
-per user, and the full model scores and blends only those, so the per-pair network runs on N instead of all
-items per user. Below the threshold every item is scored by the full model and the retrieval score is one
+stages: the retrieval score (one matrix product per block) plus `scoring.candidate_popularity` x log q (the
+item's share of the retrieval task's training positives, which the logQ-corrected score leaves out) picks
+`scoring.retrieval_candidates` unseen items per user, and the full model scores and blends only those, so
+the per-pair network runs on N instead of all items per user. Below the threshold every item is scored by the full model and the retrieval score is one
 more column the blend may use.
 
 Multiclass tasks (category distributions) rank nothing: they get no p_<task> column and the blend cannot
@@ -183,6 +184,9 @@ class Scorer:
     items: pa.Table  # sorted by item id: ties rank by this order
     item_part: ItemPart
     item_vectors: torch.Tensor | None
+    candidate_bias: (
+        torch.Tensor | None
+    )  # [items]: `candidate_popularity` x log q, added when picking candidates
     blend: Blend  # compiled once, not per scored batch
 
     @classmethod
@@ -200,10 +204,19 @@ class Scorer:
         items = items.sort_by(schema.ITEM_ID)
         _require_unique_ids(items, schema.ITEM_ID, "items")
         with torch.inference_mode(), precision(device):
-            item_part = model.item_part(item_tensors(items, vocab, layout, text(layout)).to(device))
+            tensors = item_tensors(items, vocab, layout, text(layout)).to(device)
+            item_part = model.item_part(tensors)
             vectors = None if model.retrieval_task is None else model.item_vectors(item_part)
+        # Items the model never saw (index 0) get the log q of one pseudo-count: the least popular.
+        bias = (
+            scoring.candidate_popularity * model.item_log_q[tensors.item.long()]
+            if vectors is not None
+            else None
+        )
         blend = compile_blend(scoring.blend, model.spec.tasks)
-        return cls(model, meta["version"], vocab, layout, scoring, device, items, item_part, vectors, blend)
+        return cls(
+            model, meta["version"], vocab, layout, scoring, device, items, item_part, vectors, bias, blend
+        )
 
     def two_stage(self, n_users: int) -> bool:
         """Decided on the whole night's user count, so every shard of a sharded run decides alike."""
@@ -251,8 +264,14 @@ class Scorer:
                             model.user_vectors(user), self.item_vectors
                         )  # [b, n_items]
                     if two_stage:
-                        # The N best unseen items by retrieval score, in item order (ties then rank by position).
-                        picked = match.masked_fill(is_seen, float("-inf")).topk(n_candidates, dim=1).indices
+                        # The N best unseen items by retrieval score + popularity, in item order (ties then
+                        # rank by position): sorted afterwards, so topk need not sort them by score.
+                        picked = (
+                            (match + self.candidate_bias)
+                            .masked_fill_(is_seen, float("-inf"))
+                            .topk(n_candidates, dim=1, sorted=False)
+                            .indices
+                        )
                         candidates = picked.sort(dim=1).values
                         features = model.candidate_features(user, self.item_part, candidates, item_terms)
                         match = match.gather(1, candidates)

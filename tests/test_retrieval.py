@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pydantic
 import pytest
 import torch
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from test_model import N_ITEMS, RUN_DATE, _write, make_config, make_features
 
 from model.champion import primary_metric
-from model.checkpoint import load_model
+from model.checkpoint import MODEL_FILE, load_model, write_manifest
 from model.data import FeatureLayout, item_tensors, read_features, user_tensors
 from model.losses import in_batch_softmax
 from model.score import compile_blend, score_users
@@ -121,7 +123,8 @@ def test_scoring_with_and_without_two_stages_equals_forward_pair_by_pair(
     trained, features_dir: Path, workdir: Path, candidates: int | None
 ) -> None:
     """Full scoring: the blend's top K over every unseen item. Two stages: the blend's top K over the user's
-    `candidates` best unseen items by retrieval score, and nothing outside them."""
+    `candidates` best unseen items by retrieval score + log q (the model's saved sampling distribution), and
+    nothing outside them."""
     cfg, result = trained
     if candidates is not None:
         cfg = retrieval_config(workdir, two_stage_min_pairs=0, retrieval_candidates=candidates)
@@ -129,6 +132,7 @@ def test_scoring_with_and_without_two_stages_equals_forward_pair_by_pair(
     model, meta, vocab = load_model(result.model_dir)
     users, item_ids, preds = _pair_scores(model, features_dir, vocab, FeatureLayout.from_dict(meta["layout"]))
     click, match = preds[..., 0], preds[..., 2]
+    log_q = model.item_log_q[vocab.items.lookup(pa.array(item_ids))].numpy()
     blended = np.log(np.maximum(click, 1e-30)) + match
     seen = read_features(features_dir, schema.SEEN).to_pandas()
     assert "p_match" in recs.columns
@@ -137,12 +141,33 @@ def test_scoring_with_and_without_two_stages_equals_forward_pair_by_pair(
         unseen = np.flatnonzero(~np.isin(item_ids, seen.loc[seen.user_id == user, "item_id"].to_numpy()))
         pool = unseen
         if candidates is not None:
-            pool = unseen[np.argsort(-match[u, unseen], kind="stable")[:candidates]]
+            pool = unseen[np.argsort(-(match[u, unseen] + log_q[unseen]), kind="stable")[:candidates]]
         best = pool[np.argsort(-blended[u, pool], kind="stable")[: cfg.scoring.top_k]]
         got = recs.loc[recs.user_id == user].sort_values("rank")
         assert got.item_id.tolist() == item_ids[best].tolist(), user
         assert np.allclose(got.score, blended[u, best], rtol=1e-4, atol=1e-5)
         assert np.allclose(got.p_match, match[u, best], rtol=1e-4, atol=1e-5)
+
+
+def test_the_model_keeps_the_log_q_of_its_training_positives(trained, features_dir: Path) -> None:
+    """Saved with the weights for candidate picking; a model saved before it existed loads with log q = 0."""
+    cfg, result = trained
+    model, _, vocab = load_model(result.model_dir)
+    examples = read_features(features_dir, schema.EXAMPLES).to_pandas()
+    cutoff = pd.Timestamp(RUN_DATE) - pd.Timedelta(days=cfg.model.validation_days)
+    train = examples[pd.to_datetime(examples[schema.DAY]) < cutoff]
+    clicks = train.loc[train[schema.label_column("match")] > 0.5, schema.ITEM_ID].value_counts()
+    counts = np.ones(model.spec.n_items)  # one pseudo-count each
+    np.add.at(counts, vocab.items.lookup(pa.array(clicks.index.to_numpy())), clicks.to_numpy())
+    assert np.allclose(model.item_log_q.numpy(), np.log(counts / counts.sum()), atol=1e-5)
+
+    old = result.model_dir.parent / "before-log-q"
+    shutil.copytree(result.model_dir, old)
+    state = torch.load(old / MODEL_FILE, weights_only=True)
+    del state["item_log_q"]
+    torch.save(state, old / MODEL_FILE)
+    write_manifest(old)
+    assert torch.all(load_model(old)[0].item_log_q == 0)
 
 
 def test_two_stage_scoring_only_starts_above_its_threshold(
