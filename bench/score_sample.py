@@ -45,7 +45,7 @@ def main() -> None:
     per_user = cfg.scoring.retrieval_candidates if two_stage else items.num_rows
     print(
         f"{users.num_rows} users, {'two stages' if two_stage else 'one stage'}, "
-        f"block {cfg.scoring.user_batch_size}, {torch.get_num_threads()} threads"
+        f"blocks of {scorer.users_per_block(all_users.num_rows)} users, {torch.get_num_threads()} threads"
     )
     for _ in range(args.repeats):
         start = time.perf_counter()

@@ -1,11 +1,12 @@
 """Score every user against every item and keep each user's top K unseen items.
 
-Users go in blocks of `cfg.scoring.user_batch_size`; a block is one batch of block x all items. Each
-user and each item is encoded once (embeddings, pooling) and only the concatenation is broadcast over
-the grid, so the cost per block is the expert/tower MLP on block x items rows. With DIN history pooling
-the user's history embeddings are looked up once per block and only the attention runs per pair, batched
-over the grid. Peak memory is about block x items x max(experts x expert_hidden[0], history_length x 32)
-x 4 bytes: lower `user_batch_size` for large catalogues.
+Users go in blocks of about `cfg.scoring.block_pairs` user-item pairs (at most `user_batch_size` users); a
+block is one batch of block x all items. Each user and each item is encoded once (embeddings, pooling) and
+only the concatenation is broadcast over the grid, so the cost per block is the expert/tower MLP on block x
+items rows. With DIN history pooling the user's history embeddings are looked up once per block and only the
+attention runs per pair, batched over the grid. Peak memory is about block_pairs x max(experts x
+expert_hidden[0], history_length x 32) x 4 bytes, and small blocks are also the fast ones: the per-pair
+intermediates stay in cache.
 
 With a retrieval task and a large catalogue (users x items >= `scoring.two_stage_min_pairs`) scoring has two
 stages: the retrieval score (one matrix product per block) plus `scoring.candidate_popularity` x log q (the
@@ -227,6 +228,11 @@ class Scorer:
             and self.scoring.retrieval_candidates < n_items
         )
 
+    def users_per_block(self, n_users: int) -> int:
+        """About `block_pairs` pairs per block: items or candidates per user decide how many users that is."""
+        per_user = self.scoring.retrieval_candidates if self.two_stage(n_users) else self.items.num_rows
+        return max(1, min(self.scoring.user_batch_size, self.scoring.block_pairs // per_user))
+
     def score(self, users: pa.Table, seen: pa.Table, n_users: int, show_progress: bool = False) -> pa.Table:
         """Top `top_k` unseen items of each user of `users` (one row per user id); `seen` holds (user_id,
         item_id) pairs, and pairs of other users are ignored. `n_users` is the night's total user count.
@@ -240,7 +246,7 @@ class Scorer:
         _require_unique_ids(users, schema.USER_ID, "users")
         all_users = user_tensors(users, self.vocab, self.layout)
         seen_user, seen_item = _seen_pairs(seen, users, self.items)
-        n_items, k, block_size = self.items.num_rows, self.scoring.top_k, self.scoring.user_batch_size
+        n_items, k, block_size = self.items.num_rows, self.scoring.top_k, self.users_per_block(n_users)
         n_candidates = self.scoring.retrieval_candidates
         two_stage = self.two_stage(n_users)
         parts: dict[str, list[np.ndarray]] = {"user": [], "rank": [], "item": [], "score": [], "preds": []}

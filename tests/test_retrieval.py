@@ -23,7 +23,7 @@ from model.champion import primary_metric
 from model.checkpoint import MODEL_FILE, load_model, write_manifest
 from model.data import FeatureLayout, item_tensors, read_features, user_tensors
 from model.losses import in_batch_softmax
-from model.score import compile_blend, score_users
+from model.score import Scorer, compile_blend, score_users
 from model.spec import TaskSpec
 from model.train import train_model
 from nightrec import schema
@@ -136,7 +136,14 @@ def test_scoring_with_and_without_two_stages_equals_forward_pair_by_pair(
     blended = np.log(np.maximum(click, 1e-30)) + match
     seen = read_features(features_dir, schema.SEEN).to_pandas()
     assert "p_match" in recs.columns
-    assert cfg.scoring.user_batch_size * 3 < len(users)  # several blocks: the item terms kept from block 1
+    scorer = Scorer.build(
+        result.model_dir,
+        read_features(features_dir, schema.ITEMS),
+        lambda _: None,
+        cfg.scoring,
+        torch.device("cpu"),
+    )
+    assert scorer.users_per_block(len(users)) * 3 < len(users)  # several blocks: item terms kept from block 1
     for u, user in list(enumerate(users))[::3]:
         unseen = np.flatnonzero(~np.isin(item_ids, seen.loc[seen.user_id == user, "item_id"].to_numpy()))
         pool = unseen
