@@ -249,7 +249,18 @@ class Scorer:
         n_items, k, block_size = self.items.num_rows, self.scoring.top_k, self.users_per_block(n_users)
         n_candidates = self.scoring.retrieval_candidates
         two_stage = self.two_stage(n_users)
-        parts: dict[str, list[np.ndarray]] = {"user": [], "rank": [], "item": [], "score": [], "preds": []}
+        # The rows of all blocks go into arrays allocated once (at most top_k rows per user): kept as many
+        # small arrays, they would sit between the blocks' large temporaries on the heap, which could then no
+        # longer be reused or returned (tier M: 1.3 GB more resident memory per 40,000 users).
+        capacity = users.num_rows * k
+        result = {
+            "user": np.empty(capacity, np.int64),
+            "rank": np.empty(capacity, np.int32),
+            "item": np.empty(capacity, np.int64),
+            "score": np.empty(capacity, np.float64),
+            "preds": np.empty((capacity, len(published)), np.float64),
+        }
+        filled = 0
         item_terms: dict = {}  # each first layer's item term, computed on the first block (PairGrid)
         with torch.inference_mode():
             bar = tqdm(total=users.num_rows, unit="user", desc="scoring", disable=not show_progress)
@@ -300,33 +311,32 @@ class Scorer:
                 row, pos = (unseen & (rank <= k)).nonzero(as_tuple=True)  # row-major: by user, then rank
                 column = order[row, pos]
                 item = column if candidates is None else candidates[row, column]
-                parts["user"].append((row + start).cpu().numpy())
-                parts["rank"].append(rank[row, pos].cpu().numpy().astype(np.int32))
-                parts["item"].append(item.cpu().numpy())
-                parts["score"].append(scores[row, column].double().cpu().numpy())
-                parts["preds"].append(preds[row, column].double().cpu().numpy())
+                rows = slice(filled, filled + len(row))
+                result["user"][rows] = (row + start).cpu().numpy()
+                result["rank"][rows] = rank[row, pos].cpu().numpy()
+                result["item"][rows] = item.cpu().numpy()
+                result["score"][rows] = scores[row, column].double().cpu().numpy()
+                result["preds"][rows] = preds[row, column].double().cpu().numpy()
+                filled += len(row)
                 bar.update(b)
             bar.close()
 
-        def joined(name: str, empty: np.ndarray) -> np.ndarray:
-            return np.concatenate(parts[name]) if parts[name] else empty
-
-        user_rows = joined("user", np.empty(0, np.int64))
-        item_rows = joined("item", np.empty(0, np.int64))
-        preds_all = joined("preds", np.empty((0, len(published))))
+        got = {name: values[:filled] for name, values in result.items()}
         return pa.table(
             {
-                schema.USER_ID: pc.cast(users.column(schema.USER_ID).take(pa.array(user_rows)), pa.string()),
-                "rank": pa.array(joined("rank", np.empty(0, np.int32)), pa.int32()),
-                schema.ITEM_ID: pc.cast(
-                    self.items.column(schema.ITEM_ID).take(pa.array(item_rows)), pa.string()
+                schema.USER_ID: pc.cast(
+                    users.column(schema.USER_ID).take(pa.array(got["user"])), pa.string()
                 ),
-                "score": pa.array(joined("score", np.empty(0)), pa.float64()),
+                "rank": pa.array(got["rank"], pa.int32()),
+                schema.ITEM_ID: pc.cast(
+                    self.items.column(schema.ITEM_ID).take(pa.array(got["item"])), pa.string()
+                ),
+                "score": pa.array(got["score"], pa.float64()),
                 **{
-                    schema.probability_column(tasks[j].name): pa.array(preds_all[:, c], pa.float64())
+                    schema.probability_column(tasks[j].name): pa.array(got["preds"][:, c], pa.float64())
                     for c, j in enumerate(published)
                 },
-                "model_version": pa.array([self.version] * len(user_rows), pa.string()),
+                "model_version": pa.array([self.version] * filled, pa.string()),
             }
         )
 
