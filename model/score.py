@@ -5,15 +5,15 @@ block is one batch of block x all items. Each user and each item is encoded once
 only the concatenation is broadcast over the grid, so the cost per block is the expert/tower MLP on block x
 items rows. With DIN history pooling the user's history embeddings are looked up once per block and only the
 attention runs per pair, batched over the grid. Peak memory is about block_pairs x max(experts x
-expert_hidden[0], history_length x 32) x 4 bytes, and small blocks are also the fast ones: the per-pair
-intermediates stay in cache.
+expert_hidden[0], history_length x 32) x 4 bytes; blocks of about 32k pairs were also the fastest measured
+(docs/benchmarks.md, "Blocks of pairs").
 
 With a retrieval task and a large catalogue (users x items >= `scoring.two_stage_min_pairs`) scoring has two
 stages: the retrieval score (one matrix product per block) plus `scoring.candidate_popularity` x log q (the
 item's share of the retrieval task's training positives, which the logQ-corrected score leaves out) picks
 `scoring.retrieval_candidates` unseen items per user, and the full model scores and blends only those, so
-the per-pair network runs on N instead of all items per user. Below the threshold every item is scored by the full model and the retrieval score is one
-more column the blend may use.
+the per-pair network runs on N instead of all items per user. Below the threshold every item is scored by
+the full model and the retrieval score is one more column the blend may use.
 
 Multiclass tasks (category distributions) rank nothing: they get no p_<task> column and the blend cannot
 name them.
@@ -185,9 +185,8 @@ class Scorer:
     items: pa.Table  # sorted by item id: ties rank by this order
     item_part: ItemPart
     item_vectors: torch.Tensor | None
-    candidate_bias: (
-        torch.Tensor | None
-    )  # [items]: `candidate_popularity` x log q, added when picking candidates
+    # [items]: `candidate_popularity` x log q, added to the retrieval score when picking candidates
+    candidate_bias: torch.Tensor | None
     blend: Blend  # compiled once, not per scored batch
 
     @classmethod
