@@ -1,4 +1,4 @@
-"""The command-line arguments the bench scripts that read one night share.
+"""The command-line arguments the bench scripts that read one night share, and how they write their JSON.
 
 Imported by the scripts as a sibling module (`python bench/<script>.py` puts bench/ on the path), so a
 script run against another checkout's code through PYTHONPATH still finds it.
@@ -7,6 +7,8 @@ script run against another checkout's code through PYTHONPATH still finds it.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -24,3 +26,12 @@ def night_parser(
     if run_date:
         parser.add_argument("--run-date", type=date.fromisoformat, required=True)
     return parser
+
+
+def write_result(path: Path | None, result: dict) -> None:
+    """`result` as JSON at `path` (the script's --json; nothing when None), headed by the command line that
+    produced it, so every figure can be traced to its command."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), **result}, indent=2))

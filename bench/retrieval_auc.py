@@ -18,13 +18,11 @@ Use the `.heldout` twin of a refit model: the refit one has trained on the valid
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from night_args import night_parser
+from night_args import night_parser, write_result
 
 from model.checkpoint import load_model
 from model.data import load_training_data
@@ -75,9 +73,7 @@ def main() -> None:
     print("| ranking by | AUC, pooled | AUC, mean over users |\n|---|---:|---:|")
     for name, auc in rows.items():
         print(f"| {name} | {auc['pooled']:.3f} | {auc['per_user']:.3f} |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "auc": rows}, indent=2))
+    write_result(args.json, {"auc": rows})
 
 
 def per_user_auc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:

@@ -12,13 +12,11 @@ Recall = |two-stage top K & full top K| / |full top K|, averaged over users.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-from night_args import night_parser
+from night_args import night_parser, write_result
 
 from model.data import read_features
 from model.device import resolve_device
@@ -84,13 +82,7 @@ def main() -> None:
     print("| scoring | seconds | recall@K of the full top K |\n|---|---:|---:|")
     for name, r in rows.items():
         print(f"| {name} | {r['seconds']:.1f} | {r['recall']:.3f} |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {"command": " ".join(["python", *sys.argv]), "top_k": args.top_k, "rows": rows}, indent=2
-            )
-        )
+    write_result(args.json, {"top_k": args.top_k, "rows": rows})
 
 
 if __name__ == "__main__":

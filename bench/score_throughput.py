@@ -12,10 +12,8 @@ large fp32 torch.mm on the same threads.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from datetime import date
@@ -23,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from night_args import night_parser
+from night_args import night_parser, write_result
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.checkpoint import load_model
@@ -130,10 +128,9 @@ def main() -> None:
             f"| {arch} | {r['users'] * r['items']:,} | {r['seconds']:.1f} | {r['pairs_per_s']:,.0f} | "
             f"{r['flops_per_pair'] / 1e6:.3f} | {r['gflops_per_s']:.1f} | {r['share_of_ceiling']:.0%} |"
         )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        result = {
-            "command": " ".join(["python", *sys.argv]),
+    write_result(
+        args.json,
+        {
             "machine": {
                 "cpus": os.cpu_count(),
                 "threads": args.threads,
@@ -144,8 +141,8 @@ def main() -> None:
             "history_pooling": base.model.history_pooling,
             "matmul_gflops": ceiling,
             "architectures": rows,
-        }
-        args.json.write_text(json.dumps(result, indent=2))
+        },
+    )
 
 
 if __name__ == "__main__":
