@@ -13,7 +13,8 @@ least as well as popularity; one closer to the pointwise mutual information log 
         --features var/ml100k/work/runs/1998-03-01/features --config configs/movielens.toml \\
         --run-date 1998-03-01 --json var/bench/retrieval_auc.json
 
-Use the `.heldout` twin of a refit model: the refit one has trained on the validation days.
+Use the `.heldout` twin of a refit model: the refit one has trained on the validation days. q is the one
+the model saved (`item_log_q`): models saved before it was kept hold zeros there.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from night_args import night_parser, write_result
 from model.checkpoint import load_model
 from model.data import load_training_data
 from model.metrics import roc_auc
-from model.train import positives_per_item
 from nightrec.config import load_config
 
 
@@ -54,14 +54,13 @@ def main() -> None:
         ).numpy()
     mask = data.val.label_mask[:, task].numpy()
     labels = data.val.labels[mask, task].numpy()
-    counts = positives_per_item(data.train, task, model.spec.n_items).double().numpy() + 1.0
-    items = data.val.items.item.numpy()[mask]
-    log_q = np.log(counts / counts.sum())[items]
+    # The log q the model was trained with and saved (its training positives; monotone in their count).
+    log_q = model.item_log_q.double().numpy()[data.val.items.item.numpy()[mask]]
     score = scores[mask].astype(np.float64)
     users = data.val.users.user.numpy()[mask]
     rankings = {
         "retrieval score": score,
-        "popularity (training positives)": counts[items],
+        "popularity (training positives)": log_q,
         "score + log q": score + log_q,
         "score - log q": score - log_q,
     }
