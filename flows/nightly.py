@@ -31,6 +31,7 @@ from flows.run_date import resolve_run_date
 from flows.store import open_store
 from flows.train import TrainedModel, train_in_process, train_remotely
 from jobs.reliability import run_lock
+from jobs.spark import spark_steps
 from jobs.warehouse import redact
 from nightrec.config import Config, load_config
 
@@ -379,21 +380,24 @@ def nightly(
         lock.enter_context(run_lock(paths.run_dir))  # a second run of the date is refused, never interleaved
         outcome.step = "record_start"
         _save_run(cfg, outcome, "running")
-        screening = _timed(outcome, "validate_events", lambda: validate_events_step(cfg, run_date, paths))
-        outcome.rejected_rows = screening.rejected
-        if screening.volume_warning:  # reliability.volume_policy = "warn": said in the run's log, not fatal
-            logger.warning("%s", screening.volume_warning)
-        outcome.row_counts.update(
-            events=screening.events, rejected=screening.rejected, duplicates=screening.duplicates
-        )
-        outcome.row_counts.update(
-            _timed(
-                outcome,
-                "features",
-                lambda: build_features_step(cfg, run_date, paths, screening.needs_cleaning),
+        # Spark's part of the night ends here unless it also scores: a session this run started is then
+        # stopped, so its JVM's memory is free for training and scoring.
+        with spark_steps(release=cfg.scoring.engine != "spark"):
+            screening = _timed(outcome, "validate_events", lambda: validate_events_step(cfg, run_date, paths))
+            outcome.rejected_rows = screening.rejected
+            if screening.volume_warning:  # reliability.volume_policy = "warn": in the run's log, not fatal
+                logger.warning("%s", screening.volume_warning)
+            outcome.row_counts.update(
+                events=screening.events, rejected=screening.rejected, duplicates=screening.duplicates
             )
-        )
-        _timed(outcome, "validate_features", lambda: validate_features_step(cfg, paths))
+            outcome.row_counts.update(
+                _timed(
+                    outcome,
+                    "features",
+                    lambda: build_features_step(cfg, run_date, paths, screening.needs_cleaning),
+                )
+            )
+            _timed(outcome, "validate_features", lambda: validate_features_step(cfg, paths))
         champion = find_champion(cfg, run_date)
         trained = _timed(
             outcome,
