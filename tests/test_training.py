@@ -295,3 +295,30 @@ def test_cpu_bf16_autocasts_and_training_learns(features_dir: Path, workdir: Pat
     meta = load_weights(result.model_dir)[1]
     assert meta["precision"] == "bf16"
     assert all(t.dtype == torch.float32 for t in _weights(result.model_dir).values())  # weights stay fp32
+
+
+def test_early_stopping_compares_epochs_on_a_fixed_sample_and_reports_on_the_whole_slice(
+    features_dir: Path, workdir: Path
+) -> None:
+    from model.checkpoint import load_model
+    from model.train import _evaluate, early_stopping_sample
+
+    probe = load_training_data(features_dir, make_config(workdir), RUN_DATE)
+    size = len(probe.val) // 3
+    cfg = make_config(workdir, epochs=1, early_stopping_examples=size)
+    data = load_training_data(features_dir, cfg, RUN_DATE)
+    sample = early_stopping_sample(data.val, size, cfg.model.seed)
+    assert len(sample) == size
+    assert torch.equal(sample.labels, early_stopping_sample(data.val, size, cfg.model.seed).labels)
+    assert not torch.equal(sample.users.user, early_stopping_sample(data.val, size, seed=7).users.user)
+    assert early_stopping_sample(data.val, None, cfg.model.seed) is data.val
+    assert early_stopping_sample(data.val, len(data.val), cfg.model.seed) is data.val
+
+    result = train_model(features_dir, cfg, RUN_DATE, workdir / "sampled-stopping", show_progress=False)
+    model, _, _ = load_model(result.model_dir)
+    cpu = torch.device("cpu")
+    on_sample = _evaluate(model, sample, cfg.model.batch_size, cpu, False).loss
+    on_slice = _evaluate(model, data.val, cfg.model.batch_size, cpu, False).loss
+    assert on_sample != pytest.approx(on_slice, rel=1e-4)  # else the test could not tell them apart
+    assert result.history[0]["val_loss"] == pytest.approx(on_sample, rel=1e-5)
+    assert result.metrics["val_loss"] == pytest.approx(on_slice, rel=1e-5)
