@@ -243,7 +243,7 @@ def _train_epoch(
     return (sums / seen.clamp(min=1)).tolist()
 
 
-def early_stopping_sample(val: ExampleTensors, size: int | None, seed: int) -> ExampleTensors:
+def early_stopping_sample(val: ExampleTensors, size: int, seed: int) -> ExampleTensors:
     """The validation examples early stopping compares epochs on: at most `size`, drawn once with `seed`.
 
     Why: evaluating is a third of a training step per example, and a run's validation slice can hold most
@@ -251,7 +251,7 @@ def early_stopping_sample(val: ExampleTensors, size: int | None, seed: int) -> E
     more time than the epochs. Loss differences between epochs are far above a 200k sample's noise; the
     held-out metrics are still computed on the whole slice, once, for the chosen epoch.
     """
-    if size is None or len(val) <= size:
+    if len(val) <= size:
         return val
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randperm(len(val), generator=generator)[:size].sort().values

@@ -242,12 +242,12 @@ class ModelConfig(Strict):
     validation_days: int = Field(
         3, ge=1, description="The last days before the run date form the validation slice."
     )
-    early_stopping_examples: int | None = Field(
+    early_stopping_examples: int = Field(
         200_000,
         ge=1,
         description="Validation examples that early stopping evaluates after each epoch: a fixed sample of the "
-        "validation slice, drawn once with the seed (the whole slice when it is smaller; null: always the whole "
-        "slice). The held-out metrics and the champion gate use the whole slice.",
+        "validation slice, drawn once with the seed (the whole slice when it is smaller). The held-out metrics "
+        "and the champion gate use the whole slice.",
     )
     refit: bool = Field(
         False,

@@ -311,7 +311,6 @@ def test_early_stopping_compares_epochs_on_a_fixed_sample_and_reports_on_the_who
     assert len(sample) == size
     assert torch.equal(sample.labels, early_stopping_sample(data.val, size, cfg.model.seed).labels)
     assert not torch.equal(sample.users.user, early_stopping_sample(data.val, size, seed=7).users.user)
-    assert early_stopping_sample(data.val, None, cfg.model.seed) is data.val
     assert early_stopping_sample(data.val, len(data.val), cfg.model.seed) is data.val
 
     result = train_model(features_dir, cfg, RUN_DATE, workdir / "sampled-stopping", show_progress=False)
