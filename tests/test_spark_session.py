@@ -12,14 +12,19 @@ from tests.conftest import REPO
 # Run in a process of its own: the suite's shared session must not be the one that is stopped.
 _RELEASE = textwrap.dedent(
     """
-    import json, os
+    import json, threading
     from pyspark import SparkContext
     from jobs.spark import get_spark, spark_running, spark_steps
     from nightrec.config import SparkConfig
 
     cfg = SparkConfig(master="local[1]", driver_memory="512m", shuffle_partitions=1)
+    counted = []
     with spark_steps(release=True):
-        rows = get_spark(cfg).range(5).count()
+        # Built on another thread, as a Prefect task may: the release happens on this one.
+        step = threading.Thread(target=lambda: counted.append(get_spark(cfg).range(5).count()))
+        step.start()
+        step.join()
+        rows = counted[0]
         jvm = SparkContext._gateway.proc
     released = not spark_running()
     jvm_exit = jvm.poll()
