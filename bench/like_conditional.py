@@ -1,0 +1,95 @@
+"""How well a model ranks an ESMM child task where it matters, against each single feature it was given.
+
+The issue-3 bar judges `like` on the test ratings: among the items a user rated, which were liked, i.e. the
+conditional p(like | engage). This script asks the same question on a night's validation slice (the last
+`model.validation_days` days before the run date, never the test window): over the examples whose parent
+label is 1, the ROC AUC of the model's conditional (child / parent probability) beside the AUC of every
+numeric user and item feature of the examples alone. A feature that beats the model is one the model
+underuses. Use the held-out model (`<version>.heldout` with refit): the published one has trained on the
+slice.
+
+    PYTHONPATH=$PWD python bench/like_conditional.py --model-dir var/nsb/ml1m_c/work/models/20001201-a3e38ec25e.heldout \\
+        --features var/nsb/ml1m_c/work/runs/2000-12-01/features --config configs/movielens.toml --run-date 2000-12-01
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from night_args import night_parser, write_result
+
+from model.checkpoint import load_model
+from model.data import load_training_data, read_features
+from model.metrics import roc_auc
+from nightrec import schema as S
+from nightrec.config import load_config
+
+
+def main() -> None:
+    parser = night_parser(__doc__, model_dir=True, run_date=True)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    cfg = load_config(args.config)
+    model, _, _ = load_model(args.model_dir)
+    data = load_training_data(args.features, cfg, args.run_date)
+    with torch.inference_mode():
+        preds = torch.cat(
+            [
+                model(part.users, part.items).predictions
+                for part in (data.val.take(slice(s, s + 65536)) for s in range(0, len(data.val), 65536))
+            ]
+        )
+    examples = read_features(args.features, S.EXAMPLES)
+    since = pc.cast(
+        args.run_date - timedelta(days=cfg.model.validation_days), examples.schema.field(S.DAY).type
+    )
+    examples = examples.filter(pc.greater_equal(examples.column(S.DAY), since))
+    features = [
+        field.name
+        for field in examples.schema
+        if field.name.startswith((S.USER_PREFIX, S.ITEM_PREFIX))
+        and (pa.types.is_integer(field.type) or pa.types.is_floating(field.type))
+    ]
+
+    names = [t.name for t in model.spec.tasks]
+    result: dict[str, dict] = {}
+    for task in cfg.tasks:
+        if task.parent is None or task.type != "binary":
+            continue
+        child, parent = names.index(task.name), names.index(task.parent)
+        rows = data.val.labels[:, parent] == 1
+        labels = data.val.labels[rows, child].numpy()
+        conditional = (preds[rows, child] / preds[rows, parent].clamp(min=1e-12)).numpy()
+        engaged = examples.filter(pc.equal(examples.column(S.label_column(task.parent)), 1.0))
+        if engaged.num_rows != len(labels):
+            raise SystemExit(
+                f"{engaged.num_rows} parent positives in examples/, {len(labels)} in the tensors"
+            )
+        feature_labels = engaged.column(S.label_column(task.name)).to_numpy(zero_copy_only=False)
+        aucs = {"model p(task | parent)": roc_auc(labels, conditional)}
+        for name in features:
+            values = engaged.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+            aucs[name] = roc_auc(feature_labels, np.nan_to_num(values))
+        result[task.name] = {
+            "parent": task.parent,
+            "examples": int(len(labels)),
+            "positive_rate": float(labels.mean()),
+            "auc": aucs,
+        }
+        print(
+            f"\n{task.name} given {task.parent}: {len(labels)} validation examples, rate {labels.mean():.3f}\n"
+        )
+        print("| ranker | AUC |\n|---|---:|")
+        for ranker, auc in sorted(aucs.items(), key=lambda kv: -kv[1]):
+            print(f"| {ranker} | {auc:.4f} |")
+    write_result(args.json, {"model_dir": str(args.model_dir), "tasks": result})
+
+
+if __name__ == "__main__":
+    main()
