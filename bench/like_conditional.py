@@ -20,14 +20,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
-from night_args import night_parser, write_result
+from night_args import night_parser, validation_predictions, write_result
 
-from model.checkpoint import load_model
-from model.data import load_training_data, read_features
+from model.data import read_features
 from model.metrics import roc_auc
 from nightrec import schema as S
-from nightrec.config import load_config
 
 
 def main() -> None:
@@ -35,16 +32,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    cfg = load_config(args.config)
-    model, _, _ = load_model(args.model_dir)
-    data = load_training_data(args.features, cfg, args.run_date)
-    with torch.inference_mode():
-        preds = torch.cat(
-            [
-                model(part.users, part.items).predictions
-                for part in (data.val.take(slice(s, s + 65536)) for s in range(0, len(data.val), 65536))
-            ]
-        )
+    cfg, model, data, preds = validation_predictions(args)
     examples = read_features(args.features, S.EXAMPLES)
     since = pc.cast(
         args.run_date - timedelta(days=cfg.model.validation_days), examples.schema.field(S.DAY).type

@@ -22,13 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-from night_args import night_parser, write_result
+from night_args import night_parser, validation_predictions, write_result
 
-from model.checkpoint import load_model
-from model.data import load_training_data
 from model.metrics import roc_auc
-from nightrec.config import load_config
 
 
 def main() -> None:
@@ -36,22 +32,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    cfg = load_config(args.config)
-    model, _, _ = load_model(args.model_dir)
+    _, model, data, predictions = validation_predictions(args)
     if model.retrieval_task is None:
         parser.error(f"{args.model_dir} has no retrieval task")
     task = model.retrieval_task
-    data = load_training_data(args.features, cfg, args.run_date)
-    with torch.inference_mode():
-        scores = torch.cat(
-            [
-                model(batch.users, batch.items).predictions[:, task]
-                for batch in (
-                    data.val.take(slice(s, s + cfg.model.batch_size))
-                    for s in range(0, len(data.val), cfg.model.batch_size)
-                )
-            ]
-        ).numpy()
+    scores = predictions[:, task].numpy()
     mask = data.val.label_mask[:, task].numpy()
     labels = data.val.labels[mask, task].numpy()
     # The log q the model was trained with and saved (its training positives; monotone in their count).
