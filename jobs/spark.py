@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -11,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from nightrec.config import SparkConfig
+
+log = logging.getLogger(__name__)
 
 warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
 
@@ -126,4 +129,7 @@ def spark_steps(release: bool) -> Iterator[None]:
         yield
     finally:
         if release and started_here and spark_running():
-            stop_spark()
+            try:
+                stop_spark()
+            except Exception:  # a JVM that died in a step must not replace that step's error with its own
+                log.warning("could not stop the Spark session", exc_info=True)

@@ -55,3 +55,31 @@ def test_a_session_that_was_running_before_is_kept(spark):
     assert spark_running()
     assert get_spark() is spark
     assert spark.range(2).count() == 2
+
+
+_JVM_DIES = textwrap.dedent(
+    """
+    from pyspark import SparkContext
+    from jobs.spark import get_spark, spark_steps
+    from nightrec.config import SparkConfig
+
+    cfg = SparkConfig(master="local[1]", driver_memory="512m", shuffle_partitions=1)
+    try:
+        with spark_steps(release=True):
+            get_spark(cfg).range(2).count()
+            jvm = SparkContext._gateway.proc
+            jvm.kill()  # the JVM dies in a step (out of memory, killed)
+            jvm.wait()
+            raise ValueError("the step's own error")
+    except ValueError as exc:
+        print("raised:", exc)
+    """
+)
+
+
+def test_a_dead_jvm_does_not_hide_the_steps_own_error():
+    done = subprocess.run(
+        [sys.executable, "-c", _JVM_DIES], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "raised: the step's own error" in done.stdout
