@@ -612,27 +612,14 @@ def _run(
     key_columns: list[str],
     docs_dir: Path,
     unit: str = "rows",
+    rows: bool = False,
 ) -> ValidationReport:
     """Run one suite on a Spark or pandas frame through a checkpoint that updates the Data Docs.
 
-    The failing rows are collected only when something fails, in a second run of the suite: asking for them
-    costs a query per expectation even when there are none (on Spark, 107 jobs instead of 62 for the ML-1M
-    examples suite, 15 s instead of 8). A clean night pays one run; a bad one gets its rows named.
+    The failing rows (`rows`) are collected only when something fails, in a second run of the suite: asking
+    for them costs a query per expectation even when there are none (on Spark, 107 jobs instead of 62 for
+    the ML-1M examples suite, 15 s instead of 8). A clean night pays one run; a bad one gets its rows named.
     """
-    report = _run_checkpoint(df, suite, key_columns, docs_dir, unit, rows=False)
-    if not report.success:
-        report = _run_checkpoint(df, suite, key_columns, docs_dir, unit, rows=True)
-    return report
-
-
-def _run_checkpoint(
-    df: DataFrame | pd.DataFrame,
-    suite: gx.ExpectationSuite,
-    key_columns: list[str],
-    docs_dir: Path,
-    unit: str,
-    rows: bool,
-) -> ValidationReport:
     docs_dir = Path(docs_dir).resolve()
     docs_dir.mkdir(parents=True, exist_ok=True)
     spark = not isinstance(df, pd.DataFrame)
@@ -665,6 +652,8 @@ def _run_checkpoint(
     (validation,) = result.run_results.values()
     order = {expectation.id: i for i, expectation in enumerate(suite.expectations)}  # GX reorders results
     index = docs_dir / "index.html"
+    if not validation.success and not rows:
+        return _run(df, suite, key_columns, docs_dir, unit, rows=True)
     return ValidationReport(
         suite=suite.name,
         success=bool(validation.success),
