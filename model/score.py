@@ -335,7 +335,7 @@ class Scorer:
                     schema.probability_column(tasks[j].name): pa.array(got["preds"][:, c], pa.float64())
                     for c, j in enumerate(published)
                 },
-                "model_version": pa.array([self.version] * filled, pa.string()),
+                "model_version": pa.repeat(pa.scalar(self.version, pa.string()), filled),
             }
         )
 
