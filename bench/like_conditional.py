@@ -5,7 +5,9 @@ conditional p(like | engage). This script asks the same question on a night's va
 `model.validation_days` days before the run date, never the test window): over the examples whose parent
 label is 1, the ROC AUC of the model's conditional (child / parent probability) beside the AUC of every
 numeric user and item feature of the examples alone. A feature that beats the model is one the model
-underuses. Use the held-out model (`<version>.heldout` with refit): the published one has trained on the
+underuses. The same table is repeated for the returning users only (a parent positive before the slice):
+the test protocol judges only users with an event before the run date, while most raters of a slice may be
+new. Use the held-out model (`<version>.heldout` with refit): the published one has trained on the
 slice.
 
     PYTHONPATH=$PWD python bench/like_conditional.py --model-dir var/nsb/ml1m_c/work/models/20001201-a3e38ec25e.heldout \\
@@ -37,6 +39,14 @@ def main() -> None:
     since = pc.cast(
         args.run_date - timedelta(days=cfg.model.validation_days), examples.schema.field(S.DAY).type
     )
+    parent_positive = {
+        t.parent: pc.equal(examples.column(S.label_column(t.parent)), 1.0) for t in cfg.tasks if t.parent
+    }
+    earlier = pc.less(examples.column(S.DAY), since)
+    returning = {
+        parent: pc.unique(examples.filter(pc.and_(positive, earlier)).column(S.USER_ID))
+        for parent, positive in parent_positive.items()
+    }
     examples = examples.filter(pc.greater_equal(examples.column(S.DAY), since))
     features = [
         field.name
@@ -60,22 +70,27 @@ def main() -> None:
                 f"{engaged.num_rows} parent positives in examples/, {len(labels)} in the tensors"
             )
         feature_labels = engaged.column(S.label_column(task.name)).to_numpy(zero_copy_only=False)
-        aucs = {"model p(task | parent)": roc_auc(labels, conditional)}
-        for name in features:
-            values = engaged.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-            aucs[name] = roc_auc(feature_labels, np.nan_to_num(values))
-        result[task.name] = {
-            "parent": task.parent,
-            "examples": int(len(labels)),
-            "positive_rate": float(labels.mean()),
-            "auc": aucs,
-        }
-        print(
-            f"\n{task.name} given {task.parent}: {len(labels)} validation examples, rate {labels.mean():.3f}\n"
+        back = pc.is_in(engaged.column(S.USER_ID), value_set=returning[task.parent]).to_numpy(
+            zero_copy_only=False
         )
-        print("| ranker | AUC |\n|---|---:|")
-        for ranker, auc in sorted(aucs.items(), key=lambda kv: -kv[1]):
-            print(f"| {ranker} | {auc:.4f} |")
+        result[task.name] = {"parent": task.parent}
+        for population, rows in (("all raters", np.ones_like(back)), ("returning raters", back)):
+            aucs = {"model p(task | parent)": roc_auc(labels[rows], conditional[rows])}
+            for name in features:
+                values = engaged.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+                aucs[name] = roc_auc(feature_labels[rows], np.nan_to_num(values[rows]))
+            result[task.name][population] = {
+                "examples": int(rows.sum()),
+                "positive_rate": float(labels[rows].mean()),
+                "auc": aucs,
+            }
+            print(
+                f"\n{task.name} given {task.parent}, {population}: {int(rows.sum())} validation examples, "
+                f"rate {labels[rows].mean():.3f}\n"
+            )
+            print("| ranker | AUC |\n|---|---:|")
+            for ranker, auc in sorted(aucs.items(), key=lambda kv: -kv[1]):
+                print(f"| {ranker} | {auc:.4f} |")
     write_result(args.json, {"model_dir": str(args.model_dir), "tasks": result})
 
 

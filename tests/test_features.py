@@ -83,6 +83,16 @@ def as_dict(df, *keys):
     return {tuple(r[k] for k in keys): r.asDict() for r in df.collect()}
 
 
+def user_keys(spark, *keys):
+    """User feature keys: (user, moment) rows."""
+    return spark.createDataFrame(list(keys), f"user_id string, {features.AS_OF} timestamp")
+
+
+def naive(moment: datetime) -> datetime:
+    """The moment as Spark gives it back (a naive datetime in the session's UTC)."""
+    return moment.replace(tzinfo=None)
+
+
 def test_labels_come_from_the_examples_own_day(spark):
     ex = as_dict(
         features.exposures(frame(spark, BASE), ["impression"], cfg().tasks), "user_id", "item_id", "day"
@@ -94,6 +104,8 @@ def test_labels_come_from_the_examples_own_day(spark):
         ("u2", "i1", date(2026, 10, 4)),
     }
     assert ex[("u1", "i1", date(2026, 10, 2))]["label_click"] == 1.0
+    # the moment of an example is the pair's first event of the day
+    assert ex[("u1", "i3", date(2026, 10, 4))][features.AS_OF] == naive(ts(4, 9))
     day2_i2 = ex[("u1", "i2", date(2026, 10, 2))]
     assert (day2_i2["label_click"], day2_i2["label_purchase"], day2_i2["label_spend"]) == (0.0, 0.0, None)
     day4 = ex[("u1", "i3", date(2026, 10, 4))]
@@ -102,17 +114,22 @@ def test_labels_come_from_the_examples_own_day(spark):
 
 def test_point_in_time_values(spark, items):
     events = frame(spark, BASE)
-    keys = spark.createDataFrame(
-        [("u1", date(2026, 10, 4)), ("u1", date(2026, 10, 2))], "user_id string, day date"
-    )
-    users = as_dict(features.user_features(events, keys, cfg()), "user_id", "day")
-    on4 = users[("u1", date(2026, 10, 4))]
-    # day 3 has 2 events (the window of 1 day), days 2-3 have 5 (the window of 7 days); day 4 itself is excluded
+    moments = [ts(4, 0), ts(4, 10), ts(4, 11), ts(2, 9)]
+    keys = user_keys(spark, *[("u1", m) for m in moments])
+    users = as_dict(features.user_features(events, keys, cfg()), "user_id", features.AS_OF)
+    on4 = users[("u1", naive(ts(4, 0)))]
+    # day 3 has 2 events (the window of 1 day), days 2-3 have 5 (the window of 7 days); day 4 is not yet
     assert (on4["u_cnt_1d"], on4["u_cnt_7d"]) == (2.0, 5.0)
     # engagement history before day 4, oldest first: click i1 (day 2), then click+purchase of i2 (day 3)
     assert on4["u_hist"] == ["i1", "i2", "i2"]
-    on2 = users[("u1", date(2026, 10, 2))]
-    assert (on2["u_cnt_1d"], on2["u_cnt_7d"], on2["u_hist"]) == (0.0, 0.0, [])
+    # within day 4: at 10:00 the 9:00 impression counts, the 10:00 click does not (strictly before)...
+    at10 = users[("u1", naive(ts(4, 10)))]
+    assert (at10["u_cnt_1d"], at10["u_hist"]) == (1.0, ["i1", "i2", "i2"])
+    # ...and at 11:00 the 10:00 click is the newest item of the history, capped at 3
+    at11 = users[("u1", naive(ts(4, 11)))]
+    assert (at11["u_cnt_1d"], at11["u_hist"]) == (2.0, ["i2", "i2", "i3"])
+    first = users[("u1", naive(ts(2, 9)))]  # the user's first event: nothing before it
+    assert (first["u_cnt_1d"], first["u_cnt_7d"], first["u_hist"]) == (0.0, 0.0, [])
 
     item_keys = spark.createDataFrame(
         [("i1", date(2026, 10, 5)), ("i3", date(2026, 10, 4))], "item_id string, day date"
@@ -130,21 +147,17 @@ def test_point_in_time_values(spark, items):
 def test_value_stats_are_the_mean_and_count_of_earlier_values(spark, items):
     events = frame(spark, BASE)
     config = cfg(value_stats=True)
-    keys = spark.createDataFrame(
-        [("u1", date(2026, 10, 4)), ("u1", date(2026, 10, 3)), ("u2", date(2026, 10, 9))],
-        "user_id string, day date",
+    keys = user_keys(spark, ("u1", ts(4, 0)), ("u1", ts(3, 9)), ("u1", ts(4, 12)), ("u2", ts(9, 0)))
+    users = as_dict(features.user_features(events, keys, config), "user_id", features.AS_OF)
+    stats = lambda user, moment: (  # noqa: E731
+        users[(user, naive(moment))]["u_val_mean"],
+        users[(user, naive(moment))]["u_val_n"],
     )
-    users = as_dict(features.user_features(events, keys, config), "user_id", "day")
-    # u1's only valued event before day 4 is the purchase of 5.0 on day 3; on day 3 itself nothing yet
-    assert (users[("u1", date(2026, 10, 4))]["u_val_mean"], users[("u1", date(2026, 10, 4))]["u_val_n"]) == (
-        5.0,
-        1.0,
-    )
-    assert (users[("u1", date(2026, 10, 3))]["u_val_mean"], users[("u1", date(2026, 10, 3))]["u_val_n"]) == (
-        0.0,
-        0.0,
-    )
-    assert users[("u2", date(2026, 10, 9))]["u_val_n"] == 0.0  # clicks carry no value
+    # u1's only valued event before day 4 is the purchase of 5.0 on day 3 at 9:00; at 9:00 itself not yet
+    assert stats("u1", ts(4, 0)) == (5.0, 1.0)
+    assert stats("u1", ts(3, 9)) == (0.0, 0.0)
+    assert stats("u1", ts(4, 12)) == (15.0, 2.0)  # and the purchase of 25.0 at 11:00 the same day
+    assert stats("u2", ts(9, 0))[1] == 0.0  # clicks carry no value
     item_keys = spark.createDataFrame(
         [("i2", date(2026, 10, 9)), ("i3", date(2026, 10, 4)), ("i3", date(2026, 10, 5))],
         "item_id string, day date",
@@ -160,13 +173,13 @@ def test_value_stats_are_the_mean_and_count_of_earlier_values(spark, items):
 
 def test_history_is_capped_at_the_newest_items(spark):
     rows = [("u1", f"i{n}", "click", None, ts(2 + n // 2, 8 + n)) for n in range(8)]
-    keys = spark.createDataFrame([("u1", date(2026, 10, 9))], "user_id string, day date")
+    keys = user_keys(spark, ("u1", ts(9, 0)))
     hist = features.user_history(frame(spark, rows), keys, ["click"], 3).collect()[0]["u_hist"]
     assert hist == ["i5", "i6", "i7"]
 
 
 def test_no_future_event_reaches_features_or_labels(spark, items):
-    """Adding events on or after an example's day changes none of its features, nor labels of earlier days."""
+    """Adding events after an example's moment changes none of its features, nor labels of earlier days."""
     config = cfg(negatives=1, value_stats=True)
     past = frame(spark, BASE)
     future_rows = BASE + [
@@ -201,7 +214,11 @@ def test_negatives_are_unseen_available_and_reproducible(spark, items):
     assert sorted(map(tuple, negs)) == sorted(map(tuple, draw().collect()))
     touched = {(r["user_id"], r["item_id"], r["day"]) for r in events.collect()}
     created = {r["item_id"]: r["created_at"].date() for r in items.collect()}
+    moments = {(r["user_id"], r["day"]): set() for r in positives.collect()}
+    for r in positives.collect():
+        moments[(r["user_id"], r["day"])].add(r[features.AS_OF])
     for r in negs:
+        assert r[features.AS_OF] in moments[(r["user_id"], r["day"])], "a negative takes an exposure's moment"
         assert all(not (u == r["user_id"] and i == r["item_id"] and d <= r["day"]) for u, i, d in touched)
         assert created[r["item_id"]] < r["day"], "an item cannot be a negative before it exists"
         assert (r["label_click"], r["label_purchase"], r["label_spend"]) == (0.0, 0.0, None)
@@ -252,10 +269,10 @@ def test_multiclass_labels_are_item_and_history_categories(spark, items):
 
 
 def test_user_categories_label_takes_no_event_of_the_day_or_later(spark, items):
-    """A click on the example's own day or later never enters the user's category label."""
+    """A click at the example's moment or later never enters the user's category label."""
     config = multiclass_cfg()
     later = BASE + [
-        ("u1", "i4", "click", None, ts(4, 8)),  # day 4 itself, before the day-4 impression
+        ("u1", "i4", "click", None, ts(4, 9)),  # at the moment of the day-4 example (u1, i3): not before it
         ("u1", "i4", "purchase", 30.0, ts(6, 9)),
         ("u2", "i2", "click", None, ts(4, 23)),
     ]
