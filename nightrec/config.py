@@ -69,7 +69,7 @@ class LabelRule(Strict):
     source: Literal["events", "item_categories", "user_categories"] = Field(
         "events",
         description="events: the (user, item, day)'s events below; item_categories: the item's categories; "
-        "user_categories: the categories of the user's history items as of the day (multiclass tasks only).",
+        "user_categories: the categories of the user's history items as of the example (multiclass tasks only).",
     )
     event_types: list[str] = Field(
         default_factory=list, description="Event types that count for the label (any of them); source events."
@@ -141,7 +141,9 @@ class FeaturesConfig(Strict):
     windows: list[int] = Field(
         default_factory=lambda: [1, 7, 30], description="Activity/popularity windows, days."
     )
-    history_length: int = Field(20, ge=1, description="Recent items kept per user (strictly before the day).")
+    history_length: int = Field(
+        20, ge=1, description="Recent items kept per user (strictly before the example's moment)."
+    )
     exposure_event_types: list[str] = Field(
         min_length=1, description="Events that make a (user, item, day) a training example."
     )

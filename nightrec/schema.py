@@ -4,13 +4,14 @@ The feature job writes, under `<run_dir>/features/`:
 
 - `examples/`: one row per (user, item, day) training example, with
   `user_id`, `item_id` (string), `day` (date), one `label_<task>` per task, and the user and item features
-  below, all computed from events strictly before `day`. Labels by task type:
+  below: user features from the user's events strictly before the example's moment (the pair's first event
+  of that day), item features from events strictly before `day` (jobs/features.py). Labels by task type:
   binary and retrieval: double 0/1; regression: double, the matching event's value, null where the example has no such
   event; multiclass: array<string> of categories, a bag with repeats that the model turns into a target
   distribution over the category vocabulary (empty: no label, the example is masked out for that task).
   A multiclass label's source is item_categories (the example item's categories, = `i_categories`) or
   user_categories (the categories of the `u_hist` items, in history order, with repeats: strictly before
-  `day`, like every feature).
+  the example's moment, like every user feature).
 - `users/`: one row per user known at the run date: `user_id` plus the user features as of the run date.
 - `items/`: one row per item available at the run date: `item_id`, `title` (string), `text` (string, the
   item's description; null when the landing zone has none) plus the item features. Title and text are the
