@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from datetime import date
+from typing import Literal
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -78,16 +79,23 @@ def event_tasks(tasks: Sequence[TaskConfig]) -> list[TaskConfig]:
     return [t for t in tasks if t.label.source == "events"]
 
 
-def exposures(events: DataFrame, exposure_types: Sequence[str], tasks: Sequence[TaskConfig]) -> DataFrame:
+def exposures(
+    events: DataFrame,
+    exposure_types: Sequence[str],
+    tasks: Sequence[TaskConfig],
+    as_of: Literal["moment", "day"] = "moment",
+) -> DataFrame:
     """One row per (user, item, day) with an exposure event, labelled for every event task by that day's events,
     with its moment `AS_OF`: the pair's first event of the day, of any type (so that no event that labels it
-    comes before it).
+    comes before it); with `as_of = "day"`, the day's midnight (`features.user_features_as_of`).
 
     Multiclass (category) tasks are labelled later, by `category_labels`, once the features are joined.
     """
     exposed = F.max(F.col("event_type").isin(list(exposure_types)).cast("int")).alias("_exposed")
     grouped = events.groupBy(S.USER_ID, S.ITEM_ID, S.DAY).agg(
-        exposed, F.min("ts").alias(AS_OF), *[_label(t) for t in event_tasks(tasks)]
+        exposed,
+        (F.min("ts") if as_of == "moment" else F.min(S.DAY).cast("timestamp")).alias(AS_OF),
+        *[_label(t) for t in event_tasks(tasks)],
     )
     return grouped.where("_exposed = 1").drop("_exposed")
 
@@ -362,11 +370,9 @@ def category_labels(examples: DataFrame, tasks: Sequence[TaskConfig]) -> DataFra
 
 def labelled_pairs(events: DataFrame, items: DataFrame, cfg: Config) -> DataFrame:
     """The (user, item, day) examples with their labels, before any feature: exposures and sampled negatives."""
-    tasks = cfg.tasks
-    positives = exposures(events, cfg.features.exposure_event_types, tasks)
-    negatives = sample_negatives(
-        positives, events, items, cfg.features.negatives_per_positive, cfg.model.seed, tasks
-    )
+    tasks, f = cfg.tasks, cfg.features
+    positives = exposures(events, f.exposure_event_types, tasks, f.user_features_as_of)
+    negatives = sample_negatives(positives, events, items, f.negatives_per_positive, cfg.model.seed, tasks)
     return positives.unionByName(negatives)
 
 

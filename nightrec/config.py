@@ -147,6 +147,12 @@ class FeaturesConfig(Strict):
     exposure_event_types: list[str] = Field(
         min_length=1, description="Events that make a (user, item, day) a training example."
     )
+    user_features_as_of: Literal["moment", "day"] = Field(
+        "moment",
+        description="moment: an example's user features (history, counts, value stats) take the user's "
+        "events before the pair's first event of the day, earlier events of the same session included; "
+        "day: only events of earlier days (a user's first day then has no history at all).",
+    )
     negatives_per_positive: int = Field(
         0, ge=0, description="Sampled items the user had not interacted with as of that day, per exposure."
     )

@@ -16,7 +16,7 @@ EVENT_SCHEMA = (
 ITEM_SCHEMA = "item_id string, title string, categories array<string>, created_at timestamp"
 
 
-def cfg(negatives: int = 0, value_stats: bool = False) -> Config:
+def cfg(negatives: int = 0, value_stats: bool = False, as_of: str = "moment") -> Config:
     return Config.model_validate(
         {
             "data": {"landing": "x", "workdir": "x", "warehouse": "x"},
@@ -27,6 +27,7 @@ def cfg(negatives: int = 0, value_stats: bool = False) -> Config:
                 "negatives_per_positive": negatives,
                 "seen_event_types": ["click", "purchase"],
                 "value_stats": value_stats,
+                "user_features_as_of": as_of,
             },
             "validation": {"event_types": ["impression", "click", "purchase"]},
             "tasks": [
@@ -202,6 +203,19 @@ def test_no_future_event_reaches_features_or_labels(spark, items):
         ):  # a later same-day click may change a day-4 label, never an earlier one
             labels = [c for c in row if c.startswith("label_")]
             assert {c: row[c] for c in labels} == {c: after[key][c] for c in labels}, key
+
+
+@pytest.mark.parametrize("as_of", ["moment", "day"])
+def test_same_day_events_before_the_moment_reach_user_features_only_as_of_the_moment(spark, items, as_of):
+    """u1 clicks i4 at 8:00 on day 4, before the day-4 exposure of i3 at 9:00: part of that example's user
+    features as of the moment, left out as of the day."""
+    rows = BASE + [("u1", "i4", "click", None, ts(4, 8))]
+    examples = features.training_examples(frame(spark, rows), items, cfg(value_stats=True, as_of=as_of))
+    example = as_dict(examples, "user_id", "item_id", "day")[("u1", "i3", date(2026, 10, 4))]
+    if as_of == "moment":
+        assert (example["u_hist"], example["u_cnt_7d"]) == (["i2", "i2", "i4"], 6.0)
+    else:
+        assert (example["u_hist"], example["u_cnt_7d"]) == (["i1", "i2", "i2"], 5.0)
 
 
 def test_negatives_are_unseen_available_and_reproducible(spark, items):
