@@ -241,6 +241,7 @@ cfg = Config.model_validate_json(Path(sys.argv[1]).read_text())
 
 def report(entry):
     print(f"epoch {entry['epoch']}", flush=True)
+    __import__("time").sleep(600)  # epoch 1 is saved: wait here for the kill, however slow the parent is
 
 train_model(Path(sys.argv[2]), cfg, __import__("datetime").date.fromisoformat(sys.argv[3]), Path(sys.argv[4]),
             show_progress=False, on_epoch=report)
@@ -263,7 +264,7 @@ def test_a_killed_training_process_resumes_and_ends_like_an_uninterrupted_run(
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "epoch 1"
-        child.send_signal(signal.SIGKILL)  # while it trains epoch 2
+        child.send_signal(signal.SIGKILL)  # after epoch 1 is saved, before epoch 2
     finally:
         child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL
