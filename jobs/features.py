@@ -37,25 +37,13 @@ def with_day(events: DataFrame) -> DataFrame:
     return events.withColumn(S.DAY, F.to_date("ts"))
 
 
-def _day_num(col: str = S.DAY) -> Column:
-    """Days since 1970-01-01: an integer to order range windows by."""
-    return F.unix_date(F.col(col))
-
-
-def _order(at: str) -> Column:
-    """An integer to order range windows by: days for `S.DAY` (item features), seconds for `AS_OF` (user
-    features)."""
-    return _day_num(at) if at == S.DAY else F.unix_seconds(F.col(at))
-
-
-def _event_time(at: str) -> str:
-    """The events' column that matches a key column: their day for `S.DAY`, their timestamp for `AS_OF`."""
-    return S.DAY if at == S.DAY else "ts"
-
-
-def _per_day(at: str) -> int:
-    """Units of `_order(at)` in a day: the length of a window of w days."""
-    return 1 if at == S.DAY else 86_400
+def _time_axis(at: str) -> tuple[str, Column, int]:
+    """How the key column `at` places events in time: the events' matching column (their day for `S.DAY`,
+    item features; their timestamp for `AS_OF`, user features), an integer to order range windows by (days
+    or seconds), and its units per day (the length of a window of w days)."""
+    if at == S.DAY:
+        return S.DAY, F.unix_date(F.col(at)), 1
+    return "ts", F.unix_seconds(F.col(at)), 86_400
 
 
 def _matches(rule: LabelRule) -> Column:
@@ -84,17 +72,20 @@ def exposures(
     exposure_types: Sequence[str],
     tasks: Sequence[TaskConfig],
     as_of: Literal["moment", "day"] = "moment",
+    gap_minutes: int = 0,
 ) -> DataFrame:
     """One row per (user, item, day) with an exposure event, labelled for every event task by that day's events,
     with its moment `AS_OF`: the pair's first event of the day, of any type (so that no event that labels it
-    comes before it); with `as_of = "day"`, the day's midnight (`features.user_features_as_of`).
+    comes before it); with `as_of = "day"`, the day's midnight (`features.user_features_as_of`); either less
+    `gap_minutes` (`features.user_history_gap_minutes`).
 
     Multiclass (category) tasks are labelled later, by `category_labels`, once the features are joined.
     """
     exposed = F.max(F.col("event_type").isin(list(exposure_types)).cast("int")).alias("_exposed")
+    moment = F.min("ts") if as_of == "moment" else F.min(S.DAY).cast("timestamp")
     grouped = events.groupBy(S.USER_ID, S.ITEM_ID, S.DAY).agg(
         exposed,
-        (F.min("ts") if as_of == "moment" else F.min(S.DAY).cast("timestamp")).alias(AS_OF),
+        (moment - F.make_dt_interval(mins=F.lit(gap_minutes))).alias(AS_OF),
         *[_label(t) for t in event_tasks(tasks)],
     )
     return grouped.where("_exposed = 1").drop("_exposed")
@@ -173,14 +164,14 @@ def _windowed_counts(
     The keys are unioned into the counts with zero counts, so that one range window per key computes every
     requested day or moment, including those without any event.
     """
+    _, order, span = _time_axis(at)
     stacked = (
         counts.unionByName(keys.select(key, at).distinct().withColumn("n", F.lit(0).cast("long")))
         .groupBy(key, at)
         .agg(F.sum("n").alias("n"))
-        .withColumn("_d", _order(at))
+        .withColumn("_d", order)
     )
     ordered = Window.partitionBy(key).orderBy("_d")
-    span = _per_day(at)
     cols = [
         F.coalesce(F.sum("n").over(ordered.rangeBetween(-w * span, -1)), F.lit(0))
         .cast("double")
@@ -196,9 +187,10 @@ def value_stats(
     """(mean, count) of the values of the key's events of the seen types strictly before each key's day or
     moment (`at`); mean 0 where there is none. What a bias model knows (a user's and an item's average
     rating), as of the example."""
+    event_time, order, _ = _time_axis(at)
     daily = (
         events.where(F.col("event_type").isin(list(seen_types)) & F.col("value").isNotNull())
-        .groupBy(key, F.col(_event_time(at)).alias(at))
+        .groupBy(key, F.col(event_time).alias(at))
         .agg(F.sum("value").alias("s"), F.count("*").alias("n"))
     )
     zeros = (
@@ -210,7 +202,7 @@ def value_stats(
         daily.unionByName(zeros)
         .groupBy(key, at)
         .agg(F.sum("s").alias("s"), F.sum("n").alias("n"))
-        .withColumn("_d", _order(at))
+        .withColumn("_d", order)
     )
     before = Window.partitionBy(key).orderBy("_d").rangeBetween(Window.unboundedPreceding, -1)
     total, count = (
@@ -246,12 +238,13 @@ def user_history(events: DataFrame, keys: DataFrame, seen_types: Sequence[str], 
     key row takes the last such history from a strictly earlier moment. Ordering key rows before event rows
     of the same moment is what makes "strictly earlier" hold.
     """
+    _, order, _ = _time_axis(AS_OF)
     per_moment = (
         events.where(F.col("event_type").isin(list(seen_types)))
         .groupBy(S.USER_ID, F.col("ts").alias(AS_OF))
         .agg(F.sort_array(F.collect_list(S.ITEM_ID)).alias("_items"))  # same second: in item order
         .withColumn("_items", F.slice("_items", F.greatest(F.size("_items") - length + 1, F.lit(1)), length))
-        .withColumn("_d", _order(AS_OF))
+        .withColumn("_d", order)
     )
     upto = Window.partitionBy(S.USER_ID).orderBy("_d").rowsBetween(-length + 1, 0)
     cumulative = per_moment.select(
@@ -267,7 +260,7 @@ def user_history(events: DataFrame, keys: DataFrame, seen_types: Sequence[str], 
         .select(
             S.USER_ID,
             AS_OF,
-            _order(AS_OF).alias("_d"),
+            order.alias("_d"),
             F.lit(0).alias("_is_event"),
             F.lit(None).cast("array<string>").alias("_hist"),
         )
@@ -371,7 +364,9 @@ def category_labels(examples: DataFrame, tasks: Sequence[TaskConfig]) -> DataFra
 def labelled_pairs(events: DataFrame, items: DataFrame, cfg: Config) -> DataFrame:
     """The (user, item, day) examples with their labels, before any feature: exposures and sampled negatives."""
     tasks, f = cfg.tasks, cfg.features
-    positives = exposures(events, f.exposure_event_types, tasks, f.user_features_as_of)
+    positives = exposures(
+        events, f.exposure_event_types, tasks, f.user_features_as_of, f.user_history_gap_minutes
+    )
     negatives = sample_negatives(positives, events, items, f.negatives_per_positive, cfg.model.seed, tasks)
     return positives.unionByName(negatives)
 

@@ -153,6 +153,13 @@ class FeaturesConfig(Strict):
         "events before the pair's first event of the day, earlier events of the same session included; "
         "day: only events of earlier days (a user's first day then has no history at all).",
     )
+    user_history_gap_minutes: int = Field(
+        0,
+        ge=0,
+        description="Training examples' user features also leave out the user's events of this many minutes "
+        "before the moment, so that a history ends some time before the events it is asked to predict, as "
+        "it does at scoring (where the judged events come after the run date). Scoring is unchanged.",
+    )
     negatives_per_positive: int = Field(
         0, ge=0, description="Sampled items the user had not interacted with as of that day, per exposure."
     )

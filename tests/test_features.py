@@ -16,7 +16,7 @@ EVENT_SCHEMA = (
 ITEM_SCHEMA = "item_id string, title string, categories array<string>, created_at timestamp"
 
 
-def cfg(negatives: int = 0, value_stats: bool = False, as_of: str = "moment") -> Config:
+def cfg(negatives: int = 0, value_stats: bool = False, as_of: str = "moment", gap: int = 0) -> Config:
     return Config.model_validate(
         {
             "data": {"landing": "x", "workdir": "x", "warehouse": "x"},
@@ -28,6 +28,7 @@ def cfg(negatives: int = 0, value_stats: bool = False, as_of: str = "moment") ->
                 "seen_event_types": ["click", "purchase"],
                 "value_stats": value_stats,
                 "user_features_as_of": as_of,
+                "user_history_gap_minutes": gap,
             },
             "validation": {"event_types": ["impression", "click", "purchase"]},
             "tasks": [
@@ -205,17 +206,26 @@ def test_no_future_event_reaches_features_or_labels(spark, items):
             assert {c: row[c] for c in labels} == {c: after[key][c] for c in labels}, key
 
 
-@pytest.mark.parametrize("as_of", ["moment", "day"])
-def test_same_day_events_before_the_moment_reach_user_features_only_as_of_the_moment(spark, items, as_of):
+@pytest.mark.parametrize(
+    ("as_of", "gap", "expected"),
+    [
+        ("moment", 0, (["i2", "i2", "i4"], 6.0)),
+        ("day", 0, (["i1", "i2", "i2"], 5.0)),
+        ("moment", 59, (["i2", "i2", "i4"], 6.0)),  # the 8:00 click is 60 minutes before the moment
+        ("moment", 60, (["i1", "i2", "i2"], 5.0)),  # ... so a 60-minute gap leaves it out
+        ("moment", 24 * 60, (["i1", "i2"], 4.0)),  # a day's gap also leaves out day 3's 9:00 purchase
+    ],
+)
+def test_same_day_events_before_the_moment_reach_user_features_only_as_of_the_moment(
+    spark, items, as_of, gap, expected
+):
     """u1 clicks i4 at 8:00 on day 4, before the day-4 exposure of i3 at 9:00: part of that example's user
-    features as of the moment, left out as of the day."""
+    features as of the moment, left out as of the day, and left out by a history gap of an hour or more."""
     rows = BASE + [("u1", "i4", "click", None, ts(4, 8))]
-    examples = features.training_examples(frame(spark, rows), items, cfg(value_stats=True, as_of=as_of))
+    config = cfg(value_stats=True, as_of=as_of, gap=gap)
+    examples = features.training_examples(frame(spark, rows), items, config)
     example = as_dict(examples, "user_id", "item_id", "day")[("u1", "i3", date(2026, 10, 4))]
-    if as_of == "moment":
-        assert (example["u_hist"], example["u_cnt_7d"]) == (["i2", "i2", "i4"], 6.0)
-    else:
-        assert (example["u_hist"], example["u_cnt_7d"]) == (["i1", "i2", "i2"], 5.0)
+    assert (example["u_hist"], example["u_cnt_7d"]) == expected
 
 
 def test_negatives_are_unseen_available_and_reproducible(spark, items):
