@@ -311,8 +311,28 @@ def item_features(events: DataFrame, items: DataFrame, keys: DataFrame, cfg: Con
     return out
 
 
+def user_value_residuals(events: DataFrame, keys: DataFrame, seen_types: Sequence[str]) -> DataFrame:
+    """u_res_mean, u_res_n per (user, `AS_OF`) of `keys`: the mean and count of the user's earlier values,
+    each less its item's mean value before that event's day (events of items without one are left out).
+
+    Why: a user's raw mean rating mixes their generosity with the quality of what they chose; the residual
+    is the user term of a user-plus-item bias model, which a like task needs and a network does not easily
+    recover from the two raw means. Every input is as of its own event, so the feature is point-in-time.
+    """
+    rated = events.where(F.col("event_type").isin(list(seen_types)) & F.col("value").isNotNull())
+    item_means = value_stats(
+        events, rated.select(S.ITEM_ID, S.DAY), S.ITEM_ID, S.DAY, seen_types, ("_i_mean", "_i_n")
+    )
+    residuals = rated.join(item_means.where("_i_n > 0"), [S.ITEM_ID, S.DAY]).select(
+        S.USER_ID, "ts", "event_type", (F.col("value") - F.col("_i_mean")).alias("value")
+    )
+    names = (S.USER_RESIDUAL_MEAN, S.USER_RESIDUAL_COUNT)
+    return value_stats(residuals, keys, S.USER_ID, AS_OF, seen_types, names)
+
+
 def user_features(events: DataFrame, keys: DataFrame, cfg: Config) -> DataFrame:
-    """u_cnt_<w>d, u_hist and with `features.value_stats` u_val_mean, u_val_n per (user, `AS_OF`) of `keys`."""
+    """u_cnt_<w>d, u_hist, with `features.value_stats` u_val_mean, u_val_n, and with
+    `features.value_residuals` u_res_mean, u_res_n per (user, `AS_OF`) of `keys`."""
     f = cfg.features
     activity = user_activity(events, keys, f.windows)
     history = user_history(events, keys, f.seen_event_types, f.history_length)
@@ -321,6 +341,8 @@ def user_features(events: DataFrame, keys: DataFrame, cfg: Config) -> DataFrame:
         names = (S.USER_VALUE_MEAN, S.USER_VALUE_COUNT)
         stats = value_stats(events, keys, S.USER_ID, AS_OF, f.seen_event_types, names)
         out = out.join(stats, [S.USER_ID, AS_OF])
+    if f.value_residuals:
+        out = out.join(user_value_residuals(events, keys, f.seen_event_types), [S.USER_ID, AS_OF])
     return out
 
 

@@ -247,6 +247,7 @@ def default_numeric_features(cfg: Config) -> list[str]:
             if cfg.features.value_stats
             else ()
         ),
+        *((schema.USER_RESIDUAL_MEAN, schema.USER_RESIDUAL_COUNT) if cfg.features.value_residuals else ()),
     ]
 
 

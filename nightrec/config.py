@@ -172,6 +172,12 @@ class FeaturesConfig(Strict):
         description="Add the mean and count of the values (e.g. ratings) of the user's and of the item's "
         "earlier events of the seen types as features (u_val_mean, u_val_n, i_val_mean, i_val_n).",
     )
+    value_residuals: bool = Field(
+        False,
+        description="Add the mean and count of the user's earlier values less the item's mean value as of "
+        "each (u_res_mean, u_res_n): how much more the user likes what they pick than others did, the user "
+        "term of a user-plus-item bias model (the raw mean u_val_mean also holds the items' quality).",
+    )
 
 
 class ValidationConfig(Strict):

@@ -16,7 +16,13 @@ EVENT_SCHEMA = (
 ITEM_SCHEMA = "item_id string, title string, categories array<string>, created_at timestamp"
 
 
-def cfg(negatives: int = 0, value_stats: bool = False, as_of: str = "moment", gap: int = 0) -> Config:
+def cfg(
+    negatives: int = 0,
+    value_stats: bool = False,
+    as_of: str = "moment",
+    gap: int = 0,
+    residuals: bool = False,
+) -> Config:
     return Config.model_validate(
         {
             "data": {"landing": "x", "workdir": "x", "warehouse": "x"},
@@ -27,6 +33,7 @@ def cfg(negatives: int = 0, value_stats: bool = False, as_of: str = "moment", ga
                 "negatives_per_positive": negatives,
                 "seen_event_types": ["click", "purchase"],
                 "value_stats": value_stats,
+                "value_residuals": residuals,
                 "user_features_as_of": as_of,
                 "user_history_gap_minutes": gap,
             },
@@ -171,6 +178,27 @@ def test_value_stats_are_the_mean_and_count_of_earlier_values(spark, items):
     )
     assert it[("i3", date(2026, 10, 4))]["i_val_n"] == 0.0  # the purchase of its own day is not yet known
     assert it[("i3", date(2026, 10, 5))]["i_val_mean"] == 25.0
+
+
+def test_value_residuals_are_values_less_the_item_mean_before_their_day(spark, items):
+    rows = BASE + [  # BASE: u1 buys i2 for 5.0 on day 3 at 9:00
+        ("u2", "i1", "purchase", 20.0, ts(2, 10)),  # i1 has no earlier value: no residual
+        ("u3", "i1", "purchase", 40.0, ts(3, 10)),  # i1's mean before day 3 is 20: residual +20
+        ("u3", "i2", "purchase", 10.0, ts(3, 11)),  # i2's day-3 value is not yet known: no residual
+        ("u3", "i2", "purchase", 2.0, ts(5, 10)),  # i2's mean before day 5 is (5 + 10) / 2: residual -5.5
+    ]
+    keys = user_keys(spark, ("u3", ts(3, 10)), ("u3", ts(3, 12)), ("u3", ts(6, 0)), ("u2", ts(6, 0)))
+    config = cfg(value_stats=True, residuals=True)
+    users = as_dict(features.user_features(frame(spark, rows), keys, config), "user_id", features.AS_OF)
+    res = lambda user, moment: (  # noqa: E731
+        users[(user, naive(moment))]["u_res_mean"],
+        users[(user, naive(moment))]["u_res_n"],
+    )
+    assert res("u3", ts(3, 10)) == (0.0, 0.0)  # strictly before the moment
+    assert res("u3", ts(3, 12)) == (20.0, 1.0)
+    assert res("u3", ts(6, 0)) == (7.25, 2.0)
+    assert res("u2", ts(6, 0)) == (0.0, 0.0)
+    assert users[("u3", naive(ts(6, 0)))]["u_val_mean"] == (40.0 + 10.0 + 2.0) / 3  # the raw mean counts all
 
 
 def test_history_is_capped_at_the_newest_items(spark):
