@@ -22,24 +22,13 @@ import logging
 import tomllib
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 from flows.backtest import _json_safe, _markdown_table, overall
 from model.pair_scores import score_pairs
 from model.peers import Ranker, evaluate_night
 from model.score import score_users
 from model.train import train_model
-from nightrec.config import Config, load_config
-
-
-def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `override`'s values, tables merged key by key and everything else replaced."""
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = (
-            merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-        )
-    return out
+from nightrec.config import Config, load_config, merged
 
 
 def variant_configs(base: Config, path: Path | None) -> dict[str, Config]:

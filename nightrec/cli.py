@@ -125,6 +125,8 @@ def load(path: str, **overrides: str | None) -> Config:
         raise CliError(
             f"config {path}: {problems} (docs/configuration.md lists every key)", EXIT_USAGE
         ) from exc
+    except (OSError, ValueError) as exc:  # an `extends` that is missing or loops
+        raise CliError(f"config {path}: {exc}", EXIT_USAGE) from exc
 
 
 def _config_problem(error: Any) -> str:

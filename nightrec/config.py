@@ -11,7 +11,7 @@ import re
 import tomllib
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -450,13 +450,41 @@ class Config(Strict):
         return Path(self.data.workdir) / "runs" / run_date.isoformat()
 
 
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override`'s values, tables merged key by key and everything else replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = (
+            merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        )
+    return out
+
+
+def read_toml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The TOML file's tables, on top of the file its top-level `extends` names (relative to it), if any.
+
+    Why: a config for another data set is usually its base with a setting or two changed; saying only those
+    keeps the difference visible and the rest in one place. Arrays of tables (`[[tasks]]`) replace the base's.
+    """
+    path = path.resolve()
+    if path in _chain:
+        raise ValueError(f"config {path}: `extends` loops back to itself")
+    raw = tomllib.loads(path.read_text())
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ValueError(f"config {path}: `extends` must be a file name")
+    return merged(read_toml(path.parent / parent, (*_chain, path)), raw)
+
+
 def load_config(path: str | Path, **overrides: str | None) -> Config:
-    """Read a TOML config; `landing`, `workdir` and `warehouse` overrides replace the [data] entries.
+    """Read a TOML config (and the one it `extends`); `landing`, `workdir` and `warehouse` overrides replace
+    the [data] entries.
 
     Relative paths stay relative to the current directory, as with any command line tool.
     """
-    path = Path(path)
-    raw = tomllib.loads(path.read_text())
+    raw = read_toml(Path(path))
     data = raw.setdefault("data", {})
     for key, value in overrides.items():
         if value is not None:

@@ -155,6 +155,25 @@ def test_an_invalid_config_names_the_key_in_one_line_and_exit_2(parent, extra, e
     assert line.startswith(f"nightrec: config {path}") and expected in line, line
 
 
+def test_a_config_extends_its_base_with_tables_merged_key_by_key(tmp_path):
+    base = config_module.load_config("configs/movielens.toml")
+    derived = config_module.load_config("configs/movielens-1m.toml")
+    assert (base.features.user_features_as_of, derived.features.user_features_as_of) == ("moment", "day")
+    assert derived.model_dump(exclude={"features"}) == base.model_dump(exclude={"features"})
+    assert derived.features.model_dump(exclude={"user_features_as_of"}) == base.features.model_dump(
+        exclude={"user_features_as_of"}
+    )
+
+
+@pytest.mark.parametrize("target", ["loop.toml", "missing.toml"])
+def test_an_extends_that_loops_or_is_missing_is_one_line_and_exit_2(target, tmp_path, capsys):
+    path = tmp_path / "loop.toml"
+    path.write_text(f'extends = "{target}"\n')
+    assert main(["run", "--config", str(path)]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"nightrec: config {path}") and ("loops" in line or target in line), line
+
+
 def test_debug_shows_the_traceback_instead(tmp_path):
     with pytest.raises(CliError, match="no config at"):
         main(["--debug", "run", "--config", str(tmp_path / "nope.toml")])
