@@ -1,9 +1,10 @@
 """Point-in-time features and multi-task labels, as pure functions from DataFrames to DataFrames.
 
 The rules that every function here keeps. An example is a (user, item, day) with labels from the events of
-that pair on that day; its moment (`AS_OF`) is the time of the pair's first event of the day. A user feature
-of an example uses only the user's events strictly before that moment; an item feature uses only events
-strictly before the example's day. Every event that labels an example is at or after its moment, so no
+that pair on that day; its moment (`AS_OF`) is the time of the pair's first event of the day (or the day's
+midnight with `features.user_features_as_of = "day"`, either less `features.user_history_gap_minutes`). A
+user feature of an example uses only the user's events strictly before that moment; an item feature uses only
+events strictly before the example's day. Every event that labels an example is at or after its moment, so no
 feature holds a label, and together with reading only events before the run date no event of the future
 reaches a feature or a label. Multiclass labels are categories: of the example's item (static catalogue
 data), or of the user's history items before the moment (the `u_hist` the features use), so they keep the
@@ -325,7 +326,7 @@ def user_value_residuals(events: DataFrame, keys: DataFrame, seen_types: Sequenc
     )
     residuals = rated.join(item_means.where("_i_n > 0"), [S.ITEM_ID, S.DAY]).select(
         S.USER_ID, "ts", "event_type", (F.col("value") - F.col("_i_mean")).alias("value")
-    )
+    )  # event_type kept only because value_stats takes events of the seen types, as these all are
     names = (S.USER_RESIDUAL_MEAN, S.USER_RESIDUAL_COUNT)
     return value_stats(residuals, keys, S.USER_ID, AS_OF, seen_types, names)
 

@@ -174,8 +174,8 @@ class FeaturesConfig(Strict):
     )
     value_residuals: bool = Field(
         False,
-        description="Add the mean and count of the user's earlier values less the item's mean value as of "
-        "each (u_res_mean, u_res_n): how much more the user likes what they pick than others did, the user "
+        description="Add the mean and count of the user's earlier values, each less its item's mean value "
+        "before that event's day (u_res_mean, u_res_n): how much more the user likes what they pick than others did, the user "
         "term of a user-plus-item bias model (the raw mean u_val_mean also holds the items' quality).",
     )
 
@@ -468,13 +468,20 @@ def read_toml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """
     path = path.resolve()
     if path in _chain:
-        raise ValueError(f"config {path}: `extends` loops back to itself")
-    raw = tomllib.loads(path.read_text())
+        raise ValueError(f"`extends` loops back to {path}")
+    if _chain and not path.is_file():
+        raise ValueError(f"`extends` names {path}, which is not a file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        if not _chain:
+            raise
+        raise ValueError(f"the base config {path} (from `extends`) is not valid TOML: {exc}") from exc
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
     if not isinstance(parent, str):
-        raise ValueError(f"config {path}: `extends` must be a file name")
+        raise ValueError(f"`extends` in {path} must be a file name, not {parent!r}")
     return merged(read_toml(path.parent / parent, (*_chain, path)), raw)
 
 

@@ -31,7 +31,8 @@ demo data), `configs/movielens.toml` (MovieLens 100K) and `configs/movielens-1m.
 
 - A top-level `extends = "base.toml"` (a path relative to the file) reads that file first and lays this one
   over it, table by table and key by key; an array of tables (`[[tasks]]`) replaces the base's whole.
-  `configs/movielens-1m.toml` is `configs/movielens.toml` with two feature settings changed.
+  `configs/movielens-1m.toml` is `configs/movielens.toml` with its own folders and two feature settings
+  changed.
 
 - Unknown keys are errors, so a typo fails the run instead of being ignored. `nightrec run` checks the file
   before anything starts and names the key at fault (exit code 2).

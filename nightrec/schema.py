@@ -21,7 +21,8 @@ The feature job writes, under `<run_dir>/features/`:
 Feature columns follow a naming convention so that the model needs no list of them:
 - `u_*` numeric: user dense features (activity counts over windows; with `features.value_stats`, the mean
   and count of the values of the user's earlier events of the seen types: u_val_mean, u_val_n; with
-  `features.value_residuals`, the same of each value less the item's mean as of it: u_res_mean, u_res_n);
+  `features.value_residuals`, the same of each value less its item's mean before that event's day:
+  u_res_mean, u_res_n);
 - `i_*` numeric: item dense features (popularity over windows, age in days; with `features.value_stats`,
   i_val_mean and i_val_n, the same over the item's earlier events);
 - `u_hist`: array<string>, the user's most recent items, oldest first, newest last;

@@ -155,23 +155,41 @@ def test_an_invalid_config_names_the_key_in_one_line_and_exit_2(parent, extra, e
     assert line.startswith(f"nightrec: config {path}") and expected in line, line
 
 
-def test_a_config_extends_its_base_with_tables_merged_key_by_key(tmp_path):
+def test_a_config_extends_its_base_with_tables_merged_key_by_key():
     base = config_module.load_config("configs/movielens.toml")
     derived = config_module.load_config("configs/movielens-1m.toml")
-    assert (base.features.user_features_as_of, derived.features.user_features_as_of) == ("moment", "day")
-    assert derived.model_dump(exclude={"features"}) == base.model_dump(exclude={"features"})
-    assert derived.features.model_dump(exclude={"user_features_as_of"}) == base.features.model_dump(
-        exclude={"user_features_as_of"}
-    )
+    changed = {"user_features_as_of", "value_residuals"}
+    assert base.features.model_dump(include=changed) == {
+        "user_features_as_of": "moment",
+        "value_residuals": True,
+    }
+    assert derived.features.model_dump(include=changed) == {
+        "user_features_as_of": "day",
+        "value_residuals": False,
+    }
+    assert derived.features.model_dump(exclude=changed) == base.features.model_dump(exclude=changed)
+    assert derived.data.workdir != base.data.workdir  # its own [data] table, key by key
+    assert derived.model_dump(exclude={"features", "data"}) == base.model_dump(exclude={"features", "data"})
 
 
-@pytest.mark.parametrize("target", ["loop.toml", "missing.toml"])
-def test_an_extends_that_loops_or_is_missing_is_one_line_and_exit_2(target, tmp_path, capsys):
-    path = tmp_path / "loop.toml"
-    path.write_text(f'extends = "{target}"\n')
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        ({"a.toml": 'extends = "a.toml"'}, "`extends` loops back to"),
+        ({"a.toml": 'extends = "b.toml"', "b.toml": 'extends = "a.toml"'}, "`extends` loops back to"),
+        ({"a.toml": 'extends = "missing.toml"'}, "missing.toml, which is not a file"),
+        ({"a.toml": "extends = 1"}, "must be a file name, not 1"),
+        ({"a.toml": 'extends = "b.toml"', "b.toml": "[spark\n"}, "b.toml (from `extends`) is not valid TOML"),
+    ],
+    ids=["itself", "two-file loop", "missing", "not a name", "base not toml"],
+)
+def test_an_extends_that_loops_or_is_missing_is_one_line_and_exit_2(files, expected, tmp_path, capsys):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text + "\n")
+    path = tmp_path / "a.toml"
     assert main(["run", "--config", str(path)]) == 2
     line = one_error_line(capsys)
-    assert line.startswith(f"nightrec: config {path}") and ("loops" in line or target in line), line
+    assert line.startswith(f"nightrec: config {path}: ") and expected in line, line
 
 
 def test_debug_shows_the_traceback_instead(tmp_path):

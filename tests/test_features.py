@@ -210,7 +210,7 @@ def test_history_is_capped_at_the_newest_items(spark):
 
 def test_no_future_event_reaches_features_or_labels(spark, items):
     """Adding events after an example's moment changes none of its features, nor labels of earlier days."""
-    config = cfg(negatives=1, value_stats=True)
+    config = cfg(negatives=1, value_stats=True, residuals=True)
     past = frame(spark, BASE)
     future_rows = BASE + [
         ("u1", "i1", "click", None, ts(4, 23)),  # same day as the day-4 examples, later hour
