@@ -175,8 +175,9 @@ class FeaturesConfig(Strict):
     value_residuals: bool = Field(
         False,
         description="Add the mean and count of the user's earlier values, each less its item's mean value "
-        "before that event's day (u_res_mean, u_res_n): how much more the user likes what they pick than others did, the user "
-        "term of a user-plus-item bias model (the raw mean u_val_mean also holds the items' quality).",
+        "before that event's day (u_res_mean, u_res_n): how much more the user likes what they pick than "
+        "others did, the user term of a user-plus-item bias model (the raw mean u_val_mean also holds the "
+        "items' quality).",
     )
 
 
