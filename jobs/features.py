@@ -14,7 +14,9 @@ Why user features as of the moment rather than the day: users often do most of w
 first session (on MovieLens 1M users 1-2999, 78% of the rated examples of a night's training data fell on a
 day the user had no earlier rating), so as-of-the-day user features left most examples without any history,
 while every user the night's top-K is judged on has one. As of the moment, the 50th rating of a first session
-sees the 49 before it. Scoring takes the moment to be the run date's midnight: the same rule.
+sees the 49 before it. Scoring takes the moment to be the run date's midnight: the same rule. Which rule
+ranks better is a property of the data, so it is a setting: MovieLens 100K's validation nights chose the
+moment, MovieLens 1M's the day (docs/backtest-results.md).
 """
 
 from __future__ import annotations

@@ -266,6 +266,8 @@ def test_a_killed_training_process_resumes_and_ends_like_an_uninterrupted_run(
         assert child.stdout.readline().strip() == "epoch 1"
         child.send_signal(signal.SIGKILL)  # after epoch 1 is saved, before epoch 2
     finally:
+        if child.poll() is None:  # a failed assertion above must not leave the child sleeping
+            child.kill()
         child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL
     saved = load_resume(resume_path(root, uninterrupted.version))
